@@ -1,0 +1,199 @@
+"""Frozen run names and the run registry under a storage root.
+
+A run name is `<family>-v<major>.<minor>-<tier>-<NNN>`, e.g. `srcnn-v6.2-pico-002`. Once allocated a
+name is frozen: it is never handed out again and its record is never replaced by a new run.
+
+Layout under the storage root:
+    runs/<name>/claim.json     written once, exclusively, when the name is allocated
+    runs/<name>/metrics.json   config, times, node types, step and eval metrics, artefact keys
+    runs/<name>/...            artefacts (checkpoints, comparison strips, exports)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .storage import Storage
+from .tiers import TIERS
+
+RUNS_PREFIX = "runs"
+NAME_PATTERN = re.compile(
+    r"^(?P<family>[a-z][a-z0-9_]*)-v(?P<major>\d+)\.(?P<minor>\d+)-(?P<tier>[a-z]+)-(?P<number>\d{3,})$"
+)
+
+
+class RunNameError(ValueError):
+    pass
+
+
+class RunExistsError(FileExistsError):
+    """The run name is frozen: it was allocated before and cannot be reused or overwritten."""
+
+
+@dataclass(frozen=True, order=True)
+class RunName:
+    family: str
+    major: int
+    minor: int
+    tier: str
+    number: int
+
+    @classmethod
+    def parse(cls, text: str) -> "RunName":
+        match = NAME_PATTERN.match(text)
+        if not match:
+            raise RunNameError(
+                f"{text!r} is not a run name: expected <family>-v<major>.<minor>-<tier>-<NNN>, "
+                "e.g. srcnn-v6.2-pico-002"
+            )
+        if match["tier"] not in TIERS:
+            raise RunNameError(f"{text!r}: unknown tier {match['tier']!r} (known: {', '.join(TIERS)})")
+        return cls(match["family"], int(match["major"]), int(match["minor"]), match["tier"], int(match["number"]))
+
+    @classmethod
+    def make(cls, family: str, version: str, tier: str, number: int) -> "RunName":
+        """Build and validate a name from parts (`version` is 'major.minor')."""
+        return cls.parse(f"{family}-v{version}-{tier}-{number:03d}")
+
+    @property
+    def series(self) -> str:
+        """Everything but the number: names in one series are numbered 001, 002, ..."""
+        return f"{self.family}-v{self.major}.{self.minor}-{self.tier}"
+
+    def __str__(self) -> str:
+        return f"{self.series}-{self.number:03d}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Run:
+    """A handle on one run's record; every change is written to metrics.json at once (atomically)."""
+
+    def __init__(self, storage: Storage, name: RunName, record: dict[str, Any]):
+        self.storage = storage
+        self.name = name
+        self.record = record
+
+    @property
+    def prefix(self) -> str:
+        return f"{RUNS_PREFIX}/{self.name}"
+
+    def key(self, *parts: str) -> str:
+        """Storage key of an artefact inside this run."""
+        return "/".join((self.prefix, *parts))
+
+    def save(self) -> None:
+        self.storage.write_json(self.key("metrics.json"), self.record)
+
+    def log_step(self, step: int, **metrics: float) -> None:
+        self.record["step_metrics"].append({"step": step, "time": _now(), **metrics})
+        self.save()
+
+    def log_eval(self, step: int, **metrics: Any) -> None:
+        self.record["eval_metrics"].append({"step": step, "time": _now(), **metrics})
+        self.save()
+
+    def add_artefact(self, label: str, key: str) -> None:
+        self.record["artefacts"][label] = key
+        self.save()
+
+    def set_node_types(self, node_types: dict[str, int]) -> None:
+        """Record the node types and counts the run uses, e.g. {"heavy_trainer": 2}."""
+        self.record["node_types"] = dict(node_types)
+        self.save()
+
+    def mark_started(self) -> None:
+        self.record.setdefault("attempts", []).append({"started_at": _now(), "host": socket.gethostname()})
+        self.record["status"] = "running"
+        self.save()
+
+    def finish(self, status: str = "finished") -> None:
+        self.record["ended_at"] = _now()
+        self.record["status"] = status
+        self.save()
+
+
+class RunRegistry:
+    """Allocates frozen run names under `storage` and opens their records."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def names(self) -> list[RunName]:
+        found = set()
+        for key in self.storage.list(f"{RUNS_PREFIX}/"):
+            parts = key.split("/")
+            if len(parts) >= 3 and parts[2] == "claim.json":
+                try:
+                    found.add(RunName.parse(parts[1]))
+                except RunNameError:
+                    continue
+        return sorted(found)
+
+    def _new_record(self, name: RunName, config: dict | None, node_types: dict[str, int] | None) -> dict:
+        return {
+            "name": str(name),
+            "family": name.family,
+            "version": f"{name.major}.{name.minor}",
+            "tier": name.tier,
+            "number": name.number,
+            "config": config or {},
+            "started_at": _now(),
+            "ended_at": None,
+            "status": "created",
+            "node_types": dict(node_types or {}),
+            "step_metrics": [],
+            "eval_metrics": [],
+            "artefacts": {},
+        }
+
+    def _claim(self, name: RunName, config: dict | None, node_types: dict[str, int] | None) -> Run | None:
+        claim = {"name": str(name), "claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()}
+        if not self.storage.create_exclusive(f"{RUNS_PREFIX}/{name}/claim.json", json.dumps(claim).encode()):
+            return None
+        run = Run(self.storage, name, self._new_record(name, config, node_types))
+        run.save()
+        return run
+
+    def allocate(
+        self, family: str, version: str, tier: str, config: dict | None = None,
+        node_types: dict[str, int] | None = None,
+    ) -> Run:
+        """Claim the next free number in the series; safe against concurrent processes."""
+        series = RunName.make(family, version, tier, 1).series
+        taken = [n.number for n in self.names() if n.series == series]
+        number = max(taken, default=0) + 1
+        for _ in range(10_000):
+            name = RunName.make(family, version, tier, number)
+            run = self._claim(name, config, node_types)
+            if run is not None:
+                return run
+            number += 1  # someone claimed it between our listing and our claim
+        raise RuntimeError(f"could not allocate a run name in series {series}")
+
+    def create(self, name: str | RunName, config: dict | None = None, node_types: dict[str, int] | None = None) -> Run:
+        """Claim an explicit name; RunExistsError if it was ever allocated."""
+        parsed = RunName.parse(str(name))
+        run = self._claim(parsed, config, node_types)
+        if run is None:
+            raise RunExistsError(
+                f"run name {parsed} is frozen: it already exists under {self.storage.url(RUNS_PREFIX)}; "
+                "names are never reused or overwritten (open it to resume, or allocate a new one)"
+            )
+        return run
+
+    def open(self, name: str | RunName) -> Run:
+        """An existing run (to resume it or add to its record)."""
+        parsed = RunName.parse(str(name))
+        key = f"{RUNS_PREFIX}/{parsed}/metrics.json"
+        if not self.storage.exists(key):
+            raise FileNotFoundError(f"no run {parsed} under {self.storage.url(RUNS_PREFIX)}")
+        return Run(self.storage, parsed, self.storage.read_json(key))
