@@ -81,6 +81,7 @@ class TrainConfig(Section):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: PositiveFloat | None = 1.0
     charbonnier_eps: PositiveFloat = 1e-3
+    temporal_weight: NonNegativeFloat = 0.0  # weight of the temporal-stability loss term (0: off)
     crop: PositiveInt = 96  # ground-truth crop side in output pixels
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 200

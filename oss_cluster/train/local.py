@@ -1,0 +1,276 @@
+"""Single-process trainer: any registered model, on shards or on synthetic windows.
+
+The pieces the distributed jobs reuse: `training_loss` (one window forward + loss), `lr_at`
+(warm-up + cosine schedule), `random_crop` (ratio-aligned crops) and `evaluate` (held-out sequences
+against bicubic and TAAU). `train_local` wires them into a loop with AdamW, progress lines and the
+run's metrics.json.
+
+    python -m oss_cluster.train.local --config configs/smoke.yaml --set model.name=student_pico
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..baselines import TAAU, bicubic
+from ..config import ConfigError, ExperimentConfig, TrainConfig, config_to_dict, load_config
+from ..data.schema import DataError, Window
+from ..data.shards import ShardDataset
+from ..data.synth import synth_windows
+from ..losses import window_loss
+from ..metrics import PSNR_SPACES, LPIPSGauge, quality_report
+from ..models import build_model
+from ..models.temporal import run_window
+from ..runs import Run, RunRegistry
+from ..storage import open_storage, storage_from_config
+
+LR_KEYS = ("lr", "motion", "depth", "disocclusion")
+HELDOUT_SEED_OFFSET = 50_000  # held-out scenes use seeds no training build reaches
+EVAL_BORDER = 4
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at `step` (0-based): linear warm-up, then constant or cosine decay to 10 %."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _axis_crop(out_len: int, in_len: int, crop_out: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """Render and output slices of one axis, aligned so the crop keeps the exact output/render ratio."""
+    ratio = Fraction(out_len, in_len)
+    step_in, step_out = ratio.denominator, ratio.numerator
+    n_steps = max(1, round(crop_out / step_out))
+    if n_steps * step_in >= in_len:
+        return slice(0, in_len), slice(0, out_len)
+    start = int(rng.integers(0, (in_len - n_steps * step_in) // step_in + 1))
+    return (slice(start * step_in, (start + n_steps) * step_in), slice(start * step_out, (start + n_steps) * step_out))
+
+
+def random_crop(sample: dict, crop_out: int, rng: np.random.Generator) -> dict:
+    """Crop a window sample ({key: [K, C, h|H, w|W]}) to about crop_out x crop_out output pixels."""
+    (h, w), (H, W) = sample["lr"].shape[-2:], sample["gt"].shape[-2:]
+    rows_in, rows_out = _axis_crop(H, h, crop_out, rng)
+    cols_in, cols_out = _axis_crop(W, w, crop_out, rng)
+    cropped = dict(sample)
+    for key in LR_KEYS:
+        cropped[key] = sample[key][..., rows_in, cols_in]
+    cropped["gt"] = sample["gt"][..., rows_out, cols_out]
+    return cropped
+
+
+def window_tensors(window: Window) -> dict:
+    return {name: torch.from_numpy(value.astype(np.float32)) for name, value in window.arrays().items()}
+
+
+class CroppedWindows(torch.utils.data.Dataset):
+    """Random aligned crops of windows from a list or a ShardDataset."""
+
+    def __init__(self, source, crop_out: int, seed: int = 0):
+        self.source, self.crop_out = source, crop_out
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.source[index]
+        sample = window_tensors(item) if isinstance(item, Window) else {k: item[k] for k in ("lr", "gt", *LR_KEYS[1:], "jitter")}
+        return random_crop(sample, self.crop_out, self.rng)
+
+
+def training_windows(cfg: ExperimentConfig):
+    """The training set: shards (data.source == shards) or synthetic windows rendered in memory."""
+    data = cfg.data
+    if data.source == "shards":
+        return ShardDataset(open_storage(data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region))
+    if data.source == "synth":
+        return list(synth_windows(data.frames, data.ratio, tuple(data.out_size), data.window, data.frames_per_sequence,
+                                  data.seed, data.objects, data.gt_samples))
+    raise DataError(f"the local trainer reads data.source 'shards' or 'synth', not {data.source!r} (build shards first)")
+
+
+def heldout_sequences(cfg: ExperimentConfig, frames: int = 8, count: int | None = None) -> list[Window]:
+    """Whole synthetic sequences from seeds no training build uses, one Window each."""
+    data = cfg.data
+    count = data.val_sequences if count is None else count
+    sequences = []
+    for index in range(count):
+        windows = list(synth_windows(frames, data.ratio, tuple(data.out_size), frames, frames, data.seed, data.objects,
+                                     data.gt_samples, first_sequence=HELDOUT_SEED_OFFSET + index))
+        sequences.extend(windows)
+    return sequences
+
+
+def training_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig):
+    """Forward a window batch ({key: [B, K, ...]}) recurrently and return (loss, outputs [B, K, 3, H, W])."""
+    outputs, _ = run_window(model, batch)
+    return window_loss(outputs, batch, cfg.charbonnier_eps, cfg.temporal_weight), outputs
+
+
+def _mean_reports(reports: list[dict]) -> dict:
+    summary = {}
+    for key in ("psnr_rgb", "psnr_y", "ssim_y", "flip"):
+        summary[key] = float(np.mean([r[key] for r in reports]))
+    lpips = [r["lpips"] for r in reports]
+    summary["lpips"] = float(np.mean(lpips)) if all(isinstance(v, float) for v in lpips) else lpips[0]
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module | None, sequences: Sequence[Window], border: int = EVAL_BORDER,
+             baselines: bool = True, lpips_gauge: LPIPSGauge | None = None) -> dict:
+    """Quality of the model (and of bicubic and TAAU) on whole held-out sequences, every frame.
+
+    Returns {"model": {...}, "bicubic": {...}, "taau": {...}, "psnr_spaces": ..., "border_crop": ...}
+    with per-method means of psnr_rgb, psnr_y, ssim_y, flip and lpips (or its "unavailable" reason).
+    """
+    gauge = lpips_gauge or LPIPSGauge()
+    per_method: dict[str, list[dict]] = {}
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
+    for window in sequences:
+        batch = {k: v[None] for k, v in window_tensors(window).items()}
+        out_size = tuple(batch["gt"].shape[-2:])
+        outputs = {}
+        if model is not None:
+            outputs["model"] = run_window(model, batch)[0]
+        if baselines:
+            outputs["bicubic"] = torch.stack([bicubic(batch["lr"][:, k], out_size, batch["jitter"][:, k])
+                                              for k in range(window.length)], dim=1)
+            outputs["taau"] = TAAU().run(batch, out_size)[0]
+        for method, frames in outputs.items():
+            for k in range(window.length):
+                per_method.setdefault(method, []).append(quality_report(frames[:, k], batch["gt"][:, k], border, gauge))
+    if model is not None and was_training:
+        model.train()
+    result = {method: _mean_reports(reports) for method, reports in per_method.items()}
+    result.update(psnr_spaces=PSNR_SPACES, border_crop=border)
+    return result
+
+
+def flatten_eval(result: dict) -> dict:
+    """{"model": {"psnr_rgb": x}} -> {"model/psnr_rgb": x} for metrics.json and Ray reports."""
+    flat = {}
+    for method, values in result.items():
+        if isinstance(values, dict):
+            flat.update({f"{method}/{key}": value for key, value in values.items()})
+        else:
+            flat[method] = values
+    return flat
+
+
+def format_eval(result: dict) -> str:
+    methods = [m for m, v in result.items() if isinstance(v, dict)]
+    lines = [f"{'method':10s} {'PSNR RGB':>9s} {'PSNR Y':>8s} {'SSIM Y':>7s} {'FLIP':>7s} {'LPIPS':>7s}"]
+    missing = ""
+    for method in methods:
+        r = result[method]
+        lpips = f"{r['lpips']:7.4f}" if isinstance(r["lpips"], float) else f"{'n/a':>7s}"
+        missing = missing or ("" if isinstance(r["lpips"], float) else r["lpips"])
+        lines.append(f"{method:10s} {r['psnr_rgb']:9.3f} {r['psnr_y']:8.3f} {r['ssim_y']:7.4f} {r['flip']:7.4f} {lpips}")
+    lines.append(f"({result['psnr_spaces']}; border crop {result['border_crop']} px; FLIP lower is better)")
+    if missing:
+        lines.append(f"LPIPS {missing}")
+    return "\n".join(lines)
+
+
+def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: float | None = None,
+                eval_frames: int = 8, final_eval: bool = True,
+                log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
+    """Train cfg.model on cfg.data for cfg.train.steps (or until the time budget), evaluating as configured.
+
+    Returns (model, summary) where summary has steps, samples, seconds and the last evaluation.
+    """
+    train = cfg.train
+    torch.manual_seed(train.seed)
+    model = build_model(cfg.model.name, **cfg.model.options)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    dataset = CroppedWindows(training_windows(cfg), train.crop, seed=train.seed)
+    if len(dataset) == 0:
+        raise DataError("no training windows (data.frames too small for data.window?)")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=False)
+    heldout = heldout_sequences(cfg, frames=eval_frames) if final_eval or train.eval_every <= train.steps else []
+    if run is not None:
+        run.mark_started()
+    started, step, samples, last_eval = time.perf_counter(), 0, 0, {}
+
+    def run_eval():
+        result = evaluate(model, heldout)
+        log(f"eval step {step}:\n{format_eval(result)}")
+        if run is not None:
+            run.log_eval(step, **flatten_eval(result))
+        return result
+
+    model.train()
+    while step < train.steps:
+        for batch in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, train)
+            loss, _ = training_loss(model, batch, train)
+            (loss / train.grad_accum).backward()
+            if (step + 1) % train.grad_accum == 0:
+                if train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            step += 1
+            samples += batch["lr"].shape[0]
+            elapsed = time.perf_counter() - started
+            if step % train.log_every == 0 or step == train.steps:
+                rate = samples / elapsed
+                total = train.steps if time_budget_s is None else min(train.steps, step * time_budget_s / elapsed)
+                eta = (total - step) * elapsed / step
+                log(f"step {step}/{train.steps} loss {loss.item():.5f} lr {lr_at(step - 1, train):.2e} "
+                    f"{rate:.2f} samples/s ETA {eta:.0f}s")
+                if run is not None:
+                    run.log_step(step, loss=loss.item(), lr=lr_at(step - 1, train), samples_per_s=rate)
+            if step % train.eval_every == 0:
+                last_eval = run_eval()
+            out_of_time = time_budget_s is not None and elapsed >= time_budget_s
+            if step >= train.steps or out_of_time:
+                break
+        if time_budget_s is not None and time.perf_counter() - started >= time_budget_s:
+            break
+    if final_eval and (step % train.eval_every != 0 or not last_eval):
+        last_eval = run_eval()
+    seconds = time.perf_counter() - started
+    if run is not None:
+        run.finish()
+    return model, {"steps": step, "samples": samples, "seconds": seconds, "eval": last_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oss_cluster.train.local")
+    parser.add_argument("--config", help="experiment YAML (default: embedded defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--minutes", type=float, help="stop after this much training time")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        registry = RunRegistry(storage_from_config(cfg.storage))
+        run = registry.allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg), node_types={"local": 1})
+        print(f"run {run.name} -> {run.storage.url(run.prefix)}")
+        train_local(cfg, run=run, time_budget_s=args.minutes * 60 if args.minutes else None)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
