@@ -109,7 +109,10 @@ class RelativePositionBias(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """[1, heads, query^2, key^2]"""
-        return self.table[self.index].permute(2, 0, 1).unsqueeze(0)
+        # index_select (backward: index_add) rather than advanced indexing (backward: a much slower
+        # accumulating index_put on CPU).
+        rows = self.table.index_select(0, self.index.reshape(-1))
+        return rows.view(*self.index.shape, -1).permute(2, 0, 1).unsqueeze(0)
 
 
 class WindowAttention(nn.Module):
