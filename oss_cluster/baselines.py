@@ -91,3 +91,35 @@ class TAAU:
             output, state = self.step(frame["lr"], frame["depth"], frame["jitter"], frame["motion"], state, out_size)
             outputs.append(output)
         return torch.stack(outputs, dim=1), state
+
+
+def forward_warp(image: torch.Tensor, motion: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Push every output pixel alpha of the way along its motion (constant velocity): the frame-extrapolation baseline.
+
+    image [B, C, H, W]; motion [B, 2, h, w] render pixels, current -> previous, so a surface at x is
+    expected at x - alpha * motion(x) at time t + alpha. Bilinear splatting; pixels nothing lands
+    on keep the unwarped image.
+    """
+    from .models.temporal import upsample_motion
+
+    b, c, height, width = image.shape
+    flow = upsample_motion(motion, (height, width))
+    ys, xs = torch.meshgrid(torch.arange(height, device=image.device, dtype=image.dtype),
+                            torch.arange(width, device=image.device, dtype=image.dtype), indexing="ij")
+    tx = xs - alpha * flow[:, 0]
+    ty = ys - alpha * flow[:, 1]
+    x0, y0 = torch.floor(tx), torch.floor(ty)
+    accumulated = image.new_zeros(b, c, height * width)
+    weights = image.new_zeros(b, 1, height * width)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            cx, cy = x0 + dx, y0 + dy
+            w = (1 - (tx - cx).abs()) * (1 - (ty - cy).abs())
+            inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+            w = (w * inside).view(b, 1, -1)
+            index = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long().view(b, 1, -1)
+            accumulated.scatter_add_(2, index.expand(b, c, -1), image.view(b, c, -1) * w)
+            weights.scatter_add_(2, index, w)
+    covered = weights > 1e-3
+    splatted = accumulated / weights.clamp(min=1e-3)
+    return torch.where(covered, splatted, image.view(b, c, -1)).view(b, c, height, width)

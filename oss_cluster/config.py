@@ -48,6 +48,7 @@ class DataConfig(Section):
     frames_per_sequence: PositiveInt = 60  # synthetic frames per scene (one seed each)
     gt_samples: int = Field(16, ge=16)  # ground-truth samples per output pixel (a square number)
     objects: int = Field(5, ge=0, le=16)  # independently moving objects per synthetic scene
+    motion_scale: PositiveFloat = 1.0  # synthetic scenes play this many times faster (more motion per frame)
     seed: int = 0
     windows_per_shard: PositiveInt = 16
     val_sequences: NonNegativeInt = 1  # held-out sequences for evaluation

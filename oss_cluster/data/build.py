@@ -30,7 +30,8 @@ def build_dataset(cfg: DataConfig, out: Storage, progress: bool = True) -> dict:
             for s in range(sequences)
         )
         windows = synth_windows(
-            cfg.frames, cfg.ratio, out_size, cfg.window, cfg.frames_per_sequence, cfg.seed, cfg.objects, cfg.gt_samples
+            cfg.frames, cfg.ratio, out_size, cfg.window, cfg.frames_per_sequence, cfg.seed, cfg.objects, cfg.gt_samples,
+            motion_scale=cfg.motion_scale,
         )
         extra = {"sequences": sequences, "frames_per_sequence": per_sequence, "gt_samples": cfg.gt_samples}
     elif cfg.source == "tartanair":

@@ -198,11 +198,13 @@ class Layer:
 class SynthScene:
     """One seeded scene; `render_frame(k)` gives frame k, `render_gt(t)` the ground truth at any time."""
 
-    def __init__(self, out_size: tuple[int, int], ratio: float, seed: int, objects: int = 5, gt_samples: int = 16):
+    def __init__(self, out_size: tuple[int, int], ratio: float, seed: int, objects: int = 5, gt_samples: int = 16,
+                 motion_scale: float = 1.0):
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.in_size = input_size_for(self.out_size, ratio)
         self.ratio = float(ratio)
         self.seed = int(seed)
+        self.motion_scale = float(motion_scale)  # plays the scene this many times faster
         self.gt_side = int(round(math.sqrt(gt_samples)))
         if self.gt_side**2 != gt_samples or gt_samples < 16:
             raise ValueError(f"gt_samples must be a square number >= 16, got {gt_samples}")
@@ -295,6 +297,7 @@ class SynthScene:
     # -- per-time geometry ----------------------------------------------------------------------
     def layer_table(self, t: float) -> np.ndarray:
         """Per-layer kernel parameters at time t: [L, LAYER_COLUMNS] float64, near to far."""
+        t = t * self.motion_scale
         roll = self.cam_roll(t)
         camera_xy = np.array([self.cam_x(t), self.cam_y(t)])
         cam_z = self.cam_z(t)
@@ -379,7 +382,7 @@ class SynthScene:
 
 def synth_windows(
     frames: int, ratio: float, out_size: tuple[int, int], window: int, frames_per_sequence: int = 60,
-    seed: int = 0, objects: int = 5, gt_samples: int = 16, first_sequence: int = 0,
+    seed: int = 0, objects: int = 5, gt_samples: int = 16, first_sequence: int = 0, motion_scale: float = 1.0,
 ) -> Iterator[Window]:
     """Windows of `window` consecutive frames over ceil(frames / frames_per_sequence) scenes.
 
@@ -388,7 +391,8 @@ def synth_windows(
     sequences = math.ceil(frames / frames_per_sequence)
     for index in range(first_sequence, first_sequence + sequences):
         length = min(frames_per_sequence, frames - (index - first_sequence) * frames_per_sequence)
-        scene = SynthScene(out_size, ratio, seed * 100003 + index, objects=objects, gt_samples=gt_samples)
+        scene = SynthScene(out_size, ratio, seed * 100003 + index, objects=objects, gt_samples=gt_samples,
+                           motion_scale=motion_scale)
         name = f"synth-s{seed}-{index:05d}"
         for start in range(0, length - window + 1, window):
             rendered = [scene.render_frame(k) for k in range(start, start + window)]

@@ -21,7 +21,7 @@ def register_model(name: str, builder: Callable) -> Callable:
 
 def _load_all() -> None:
     # Importing the model modules registers their builders.
-    from . import hat, student  # noqa: F401
+    from . import canvas, hat, student  # noqa: F401
 
 
 def list_models() -> list[str]:

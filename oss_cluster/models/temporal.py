@@ -169,6 +169,15 @@ class TemporalSR(nn.Module):
             gather_subgrid(history, (h, w), self.sub), gather_subgrid(valid, (h, w), self.sub),
         ], dim=1)
 
+    def step(self, frame: dict, state, out_size: tuple[int, int]):
+        """One recurrent step on a frame dict; the state is the previous output (None at the start)."""
+        previous, disocclusion = state, frame["disocclusion"]
+        if previous is None:  # no history yet: zeros, marked invalid everywhere
+            previous = frame["lr"].new_zeros((frame["lr"].shape[0], 3, *out_size))
+            disocclusion = torch.ones_like(disocclusion)
+        output = self(frame["lr"], frame["depth"], frame["jitter"], frame["motion"], disocclusion, previous)
+        return output, output
+
     def forward(self, lr, depth, jitter, motion, disocclusion, previous):
         if self.temporal:
             history, valid = warp_previous(previous, motion, disocclusion)
@@ -181,20 +190,17 @@ class TemporalSR(nn.Module):
 FRAME_KEYS = ("lr", "depth", "jitter", "motion", "disocclusion")
 
 
-def run_window(model: nn.Module, batch: dict, out_size: tuple[int, int] | None = None, previous=None):
-    """Run a model recurrently over a window batch ({key: [B, K, ...]}); returns ([B, K, 3, H, W], last output).
+def run_window(model: nn.Module, batch: dict, out_size: tuple[int, int] | None = None, state=None):
+    """Run a model recurrently over a window batch ({key: [B, K, ...]}): ([B, K, 3, H, W], state).
 
-    `previous` carries the output of the frame before the window (None: start without history).
+    `state` carries what the model keeps between frames (the previous output for TemporalSR; the
+    canvas too for stateful models); None starts without history.
     """
-    lr = batch["lr"]
     out_size = out_size or tuple(batch["gt"].shape[-2:])
+    if hasattr(model, "last_window"):
+        model.last_window = []
     outputs = []
-    for k in range(lr.shape[1]):
-        step = {key: batch[key][:, k] for key in FRAME_KEYS}
-        disocclusion = step["disocclusion"]
-        if previous is None:
-            previous = lr.new_zeros((lr.shape[0], 3, *out_size))
-            disocclusion = torch.ones_like(disocclusion)
-        previous = model(step["lr"], step["depth"], step["jitter"], step["motion"], disocclusion, previous)
-        outputs.append(previous)
-    return torch.stack(outputs, dim=1), previous
+    for k in range(batch["lr"].shape[1]):
+        output, state = model.step({key: batch[key][:, k] for key in FRAME_KEYS}, state, out_size)
+        outputs.append(output)
+    return torch.stack(outputs, dim=1), state

@@ -20,15 +20,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..baselines import TAAU, bicubic
+from ..baselines import TAAU, bicubic, forward_warp
 from ..config import ConfigError, ExperimentConfig, TrainConfig, config_to_dict, load_config
 from ..data.schema import DataError, Window
 from ..data.shards import ShardDataset
-from ..data.synth import synth_windows
+from ..data.synth import SynthScene, synth_windows
 from ..losses import window_loss
-from ..metrics import PSNR_SPACES, LPIPSGauge, quality_report
+from ..metrics import PSNR_SPACES, LPIPSGauge, flip, psnr, quality_report
 from ..models import build_model
-from ..models.temporal import run_window
+from ..models.temporal import FRAME_KEYS, run_window
 from ..runs import Run, RunRegistry
 from ..storage import open_storage, storage_from_config
 
@@ -97,7 +97,7 @@ def training_windows(cfg: ExperimentConfig):
         return ShardDataset(open_storage(data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region))
     if data.source == "synth":
         return list(synth_windows(data.frames, data.ratio, tuple(data.out_size), data.window, data.frames_per_sequence,
-                                  data.seed, data.objects, data.gt_samples))
+                                  data.seed, data.objects, data.gt_samples, motion_scale=data.motion_scale))
     raise DataError(f"the local trainer reads data.source 'shards' or 'synth', not {data.source!r} (build shards first)")
 
 
@@ -108,15 +108,63 @@ def heldout_sequences(cfg: ExperimentConfig, frames: int = 8, count: int | None 
     sequences = []
     for index in range(count):
         windows = list(synth_windows(frames, data.ratio, tuple(data.out_size), frames, frames, data.seed, data.objects,
-                                     data.gt_samples, first_sequence=HELDOUT_SEED_OFFSET + index))
+                                     data.gt_samples, first_sequence=HELDOUT_SEED_OFFSET + index,
+                                     motion_scale=data.motion_scale))
         sequences.extend(windows)
     return sequences
+
+
+def heldout_midframes(cfg: ExperimentConfig, frames: int, alpha: float, count: int | None = None) -> list[torch.Tensor]:
+    """Ground truth at t + alpha for every frame t of `heldout_sequences` (same scenes): [K, 3, H, W] each."""
+    data = cfg.data
+    count = data.val_sequences if count is None else count
+    mids = []
+    for index in range(count):
+        scene = SynthScene(tuple(data.out_size), data.ratio, data.seed * 100003 + HELDOUT_SEED_OFFSET + index,
+                           objects=data.objects, gt_samples=data.gt_samples, motion_scale=data.motion_scale)
+        mids.append(torch.stack([torch.from_numpy(scene.render_gt(k + alpha).astype(np.float32)) for k in range(frames)]))
+    return mids
+
+
+@torch.no_grad()
+def evaluate_extrapolation(model, sequences: Sequence[Window], mids: Sequence[torch.Tensor], alpha: float = 0.5,
+                           border: int = EVAL_BORDER) -> dict:
+    """OSS-FX at t + alpha against the true intermediate frames, beside "repeat the last output" and
+    "forward-warp the last output by alpha x motion"; plus the extrapolated-vs-SR difference over the
+    inter-frame motion (mean |fx - SR_t| / mean |SR_t - SR_{t-1}|), which is ~0 when the composite
+    head ignores the canvas."""
+    scores: dict[str, list[float]] = {}
+    moved, changed = [], []
+    model.eval()
+    for window, mid in zip(sequences, mids):
+        batch = {k: v[None] for k, v in window_tensors(window).items()}
+        out_size, state, previous = tuple(batch["gt"].shape[-2:]), None, None
+        for k in range(window.length):
+            frame = {key: batch[key][:, k] for key in FRAME_KEYS}
+            output, state = model.step(frame, state, out_size)
+            if previous is not None:  # from the second frame on, the canvas has a velocity
+                truth = mid[k][None]
+                candidates = {"oss_fx": model.extrapolate(state, alpha), "repeat_last": output,
+                              "forward_warp": forward_warp(output, frame["motion"], alpha)}
+                for name, image in candidates.items():
+                    scores.setdefault(f"{name}/psnr_rgb", []).append(psnr(image, truth, border))
+                    scores.setdefault(f"{name}/flip", []).append(flip(image, truth, border))
+                moved.append(float((candidates["oss_fx"] - output).abs().mean()))
+                changed.append(float((output - previous).abs().mean()))
+            previous = output
+    result = {key: float(np.mean(values)) for key, values in scores.items()}
+    result["fx_vs_sr_over_motion"] = float(np.mean(moved) / max(np.mean(changed), 1e-12))
+    result["alpha"] = alpha
+    return result
 
 
 def training_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig):
     """Forward a window batch ({key: [B, K, ...]}) recurrently and return (loss, outputs [B, K, 3, H, W])."""
     outputs, _ = run_window(model, batch)
-    return window_loss(outputs, batch, cfg.charbonnier_eps, cfg.temporal_weight), outputs
+    loss = window_loss(outputs, batch, cfg.charbonnier_eps, cfg.temporal_weight)
+    if hasattr(model, "auxiliary_loss"):  # e.g. the canvas model's canvas-colour term
+        loss = loss + model.auxiliary_loss(batch, cfg.charbonnier_eps)
+    return loss, outputs
 
 
 def _mean_reports(reports: list[dict]) -> dict:
@@ -138,6 +186,7 @@ def evaluate(model: torch.nn.Module | None, sequences: Sequence[Window], border:
     """
     gauge = lpips_gauge or LPIPSGauge()
     per_method: dict[str, list[dict]] = {}
+    contributions: list[float] = []
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -147,6 +196,8 @@ def evaluate(model: torch.nn.Module | None, sequences: Sequence[Window], border:
         outputs = {}
         if model is not None:
             outputs["model"] = run_window(model, batch)[0]
+            if hasattr(model, "contribution"):  # canvas models: how much the canvas changes the output
+                contributions.append(model.contribution())
         if baselines:
             outputs["bicubic"] = torch.stack([bicubic(batch["lr"][:, k], out_size, batch["jitter"][:, k])
                                               for k in range(window.length)], dim=1)
@@ -157,6 +208,8 @@ def evaluate(model: torch.nn.Module | None, sequences: Sequence[Window], border:
     if model is not None and was_training:
         model.train()
     result = {method: _mean_reports(reports) for method, reports in per_method.items()}
+    if contributions:
+        result["model"]["canvas_contribution"] = float(np.mean(contributions))
     result.update(psnr_spaces=PSNR_SPACES, border_crop=border)
     return result
 
@@ -172,8 +225,15 @@ def flatten_eval(result: dict) -> dict:
     return flat
 
 
+def format_extrapolation(fx: dict) -> str:
+    return (f"alpha {fx['alpha']:g}: PSNR RGB oss_fx {fx['oss_fx/psnr_rgb']:.3f}, repeat_last {fx['repeat_last/psnr_rgb']:.3f}, "
+            f"forward_warp {fx['forward_warp/psnr_rgb']:.3f}; FLIP oss_fx {fx['oss_fx/flip']:.4f}, "
+            f"repeat_last {fx['repeat_last/flip']:.4f}, forward_warp {fx['forward_warp/flip']:.4f}; "
+            f"fx-vs-SR / motion {fx['fx_vs_sr_over_motion']:.4f}")
+
+
 def format_eval(result: dict) -> str:
-    methods = [m for m, v in result.items() if isinstance(v, dict)]
+    methods = [m for m, v in result.items() if isinstance(v, dict) and "psnr_rgb" in v]
     lines = [f"{'method':10s} {'PSNR RGB':>9s} {'PSNR Y':>8s} {'SSIM Y':>7s} {'FLIP':>7s} {'LPIPS':>7s}"]
     missing = ""
     for method in methods:
@@ -184,6 +244,8 @@ def format_eval(result: dict) -> str:
     lines.append(f"({result['psnr_spaces']}; border crop {result['border_crop']} px; FLIP lower is better)")
     if missing:
         lines.append(f"LPIPS {missing}")
+    if "canvas_contribution" in result.get("model", {}):
+        lines.append(f"canvas contribution (mean |output - output with canvas zeroed|): {result['model']['canvas_contribution']:.5f}")
     return "\n".join(lines)
 
 
@@ -202,7 +264,10 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
     if len(dataset) == 0:
         raise DataError("no training windows (data.frames too small for data.window?)")
     loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=False)
-    heldout = heldout_sequences(cfg, frames=eval_frames) if final_eval or train.eval_every <= train.steps else []
+    evaluating = final_eval or train.eval_every <= train.steps
+    heldout = heldout_sequences(cfg, frames=eval_frames) if evaluating else []
+    extrapolates = hasattr(model, "extrapolate")
+    mids = heldout_midframes(cfg, eval_frames, 0.5) if evaluating and extrapolates else []
     if run is not None:
         run.mark_started()
     started, step, samples, last_eval = time.perf_counter(), 0, 0, {}
@@ -210,6 +275,10 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
     def run_eval():
         result = evaluate(model, heldout)
         log(f"eval step {step}:\n{format_eval(result)}")
+        if extrapolates:
+            result["extrapolation"] = evaluate_extrapolation(model, heldout, mids)
+            log(f"eval step {step} OSS-FX: {format_extrapolation(result['extrapolation'])}")
+            model.train()
         if run is not None:
             run.log_eval(step, **flatten_eval(result))
         return result

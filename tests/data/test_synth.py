@@ -96,6 +96,13 @@ def test_motion_and_disocclusion_are_present():
     assert moving > 0.05 and 0 < disoccluded < 8 * 0.5
 
 
+def test_motion_scale_plays_the_scene_faster():
+    slow = SynthScene(SIZE, 2.0, seed=3, objects=2)
+    fast = SynthScene(SIZE, 2.0, seed=3, objects=2, motion_scale=4.0)
+    assert np.array_equal(fast.render_gt(2.0), slow.render_gt(8.0))
+    assert np.hypot(*fast.render_frame(3).motion).mean() > 2 * np.hypot(*slow.render_frame(12).motion).mean()
+
+
 def test_fractional_time(scene):
     at_2, at_3 = scene.render_frame(2).gt, scene.render_frame(3).gt
     assert np.array_equal(scene.render_gt(2.0), at_2)

@@ -30,7 +30,8 @@ def test_registry_lists_teachers_and_students():
 def test_forward_backward(name, temporal):
     model = build_model(name, temporal=temporal)
     batch = tiny_batch()
-    outputs, last = run_window(model, batch)
+    outputs, state = run_window(model, batch)
+    last = state[0] if isinstance(state, tuple) else state  # stateful models carry (output, extra)
     assert outputs.shape == batch["gt"].shape and last.shape == batch["gt"][:, -1].shape
     assert torch.isfinite(outputs).all()
     ((outputs - batch["gt"]) ** 2).mean().backward()
