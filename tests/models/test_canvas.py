@@ -96,3 +96,15 @@ def test_count_cap_holds_over_60_frames_and_model_is_consistent():
             assert torch.allclose(model.extrapolate(state, 0.0), output, atol=1e-6)
     assert max(counts) <= 300 and min(counts) > 0
     assert model.contribution() > 0
+
+
+def test_renders_at_any_output_ratio():
+    state = some_canvas()
+    base, base_cover = render_canvas(state)
+    for factor in (4 / 3, 1.5, 2.0):
+        size = (round(SIZE[0] * factor), round(SIZE[1] * factor))
+        image, cover = render_canvas(state, size=size)
+        assert image.shape == (1, 4, *size)
+        # The same picture at a finer grid: mean colour and coverage agree with the base render.
+        assert abs(float(image.mean()) - float(base.mean())) < 0.02
+        assert abs(float(cover.mean()) - float(base_cover.mean())) < 0.02
