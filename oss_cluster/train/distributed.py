@@ -1,0 +1,246 @@
+"""Ray Train + DeepSpeed: the cluster's training job, for the Heavy teacher and the canvas model.
+
+Driver (`train_distributed`): starts or joins Ray, makes sure the dataset shards exist (synthetic data
+is rendered into shards under the storage root once per data config), allocates or reopens the run
+in the registry, and runs a Ray Train `TorchTrainer` whose storage is the run's folder (local or S3
+through `storage_filesystem`). Rerunning with the same run name resumes from its latest checkpoint.
+
+Worker (`train_loop_per_worker`): builds the model, wraps it with `deepspeed.initialize` (ZeRO stage
+from config, fp32 on CPU / bf16 on GPU, torch's AdamW, gradient accumulation and clipping), reads its
+own contiguous slice of the windows, and steps with the single-process trainer's `training_loss` and
+`lr_at`. Every `checkpoint_every` steps each rank saves its DeepSpeed shard and reports it to Ray Train
+(which gathers all ranks' files into one checkpoint); rank 0 logs metrics, evaluates with the
+trainer's `evaluate`, saves a comparison strip and updates metrics.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig, config_to_dict
+from ..data.build import build_dataset
+from ..data.shards import MANIFEST, ShardDataset
+from ..runs import RunName, RunRegistry
+from ..storage import Storage, storage_from_config
+from .local import (
+    evaluate, flatten_eval, format_eval, heldout_sequences, lr_at, random_crop, training_loss,
+    window_tensors,
+)
+from .strips import model_strip, png_bytes
+
+CHECKPOINT_TAG = "checkpoint"
+RAY_FOLDER = "ray"  # Ray Train's own files for a run live in runs/<name>/ray/
+
+
+def deepspeed_config(cfg: ExperimentConfig, use_gpu: bool) -> dict:
+    """DeepSpeed's JSON config from the experiment config."""
+    train, ds = cfg.train, cfg.deepspeed
+    bf16 = ds.precision == "bf16" or (ds.precision == "auto" and use_gpu)
+    config = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay,
+                                                  "torch_adam": ds.torch_adam}},
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train.grad_clip:
+        config["gradient_clipping"] = train.grad_clip
+    return config
+
+
+def dataset_prefix(cfg: ExperimentConfig) -> str:
+    """Storage prefix of the shards for this data config (synthetic data is rendered once per config)."""
+    data = cfg.data.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    return f"datasets/{cfg.data.source}-{digest}"
+
+
+def ensure_dataset(cfg: ExperimentConfig, storage: Storage, log=print) -> Storage:
+    """The dataset to train on: data.shards if given, else shards built under the storage root."""
+    if cfg.data.source == "shards":
+        from ..storage import open_storage
+
+        return open_storage(cfg.data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+    target = storage.child(dataset_prefix(cfg))
+    if not target.exists(MANIFEST):
+        if target.list():  # an earlier build died half way: its shards are incomplete
+            for key in target.list():
+                target.delete(key)
+        log(f"building {cfg.data.source} shards into {target.uri}")
+        build_dataset(cfg.data, target, progress=False)
+    return target
+
+
+def _worker_metrics():
+    """Prometheus metrics through ray.util.metrics (scraped from Ray's metrics export port)."""
+    from ray.util.metrics import Gauge
+
+    keys = ("run",)
+    return {
+        "loss": Gauge("oss_train_loss", "training loss", tag_keys=keys),
+        "lr": Gauge("oss_train_learning_rate", "learning rate", tag_keys=keys),
+        "samples_per_s": Gauge("oss_train_samples_per_second", "windows per second, all workers", tag_keys=keys),
+        "step_time_s": Gauge("oss_train_step_seconds", "seconds per optimizer step", tag_keys=keys),
+        "eval_psnr": Gauge("oss_eval_psnr_rgb", "held-out PSNR (RGB, border-cropped)", tag_keys=keys),
+        "canvas_contribution": Gauge("oss_eval_canvas_contribution", "mean |output - output with canvas zeroed|",
+                                     tag_keys=keys),
+    }
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg = ExperimentConfig.model_validate(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    use_gpu = cfg.train.use_gpu and torch.cuda.is_available()
+    torch.manual_seed(cfg.train.seed)
+    from ..models import build_model
+
+    model = build_model(cfg.model.name, **cfg.model.options)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                           config=deepspeed_config(cfg, use_gpu))
+    device = engine.device
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+
+    step, samples = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        step, samples = client["step"], client["samples"]
+        if rank == 0:
+            print(f"resumed from step {step} ({samples} windows seen)", flush=True)
+
+    storage = storage_from_config(cfg.storage)
+    data = ShardDataset(storage.child(loop_config["dataset_prefix"]) if loop_config["dataset_prefix"] else
+                        _open_shards(cfg))
+    n = len(data)
+    mine = list(range(rank * n // world, (rank + 1) * n // world)) or [rank % n]
+    run = RunRegistry(storage).open(loop_config["run_name"]) if rank == 0 else None
+    metrics = _worker_metrics() if rank == 0 else None
+    tags = {"run": loop_config["run_name"]}
+    heldout = heldout_sequences(cfg, frames=loop_config["eval_frames"]) if rank == 0 else []
+    micro = cfg.train.batch_size
+    started, first_step = time.perf_counter(), step
+    engine.train()
+    while step < cfg.train.steps:
+        step_start = time.perf_counter()
+        for micro_step in range(cfg.train.grad_accum):
+            # The batch depends only on (seed, rank, step, micro-step): a resumed run sees the same data.
+            rng = np.random.default_rng([cfg.train.seed, rank, step, micro_step])
+            picks = rng.choice(mine, size=micro, replace=len(mine) < micro)
+            items = [random_crop(_window_sample(data, int(i)), cfg.train.crop, rng) for i in picks]
+            batch = {k: torch.stack([item[k] for item in items]).to(device=device, dtype=dtype) for k in items[0]}
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg.train)
+            loss, _ = training_loss(engine.module, batch, cfg.train)
+            engine.backward(loss)
+            engine.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"rank {rank}: loss became {loss.item()} at step {step}")
+        step += 1
+        samples += micro * cfg.train.grad_accum * world
+        report = {"step": step, "samples": samples, "loss": float(loss.item()), "lr": lr_at(step - 1, cfg.train)}
+        elapsed = time.perf_counter() - started
+        rate = (step - first_step) * micro * cfg.train.grad_accum * world / elapsed
+        report.update(samples_per_s=rate, step_time_s=time.perf_counter() - step_start)
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+            eta = (cfg.train.steps - step) * elapsed / (step - first_step)
+            print(f"step {step}/{cfg.train.steps} loss {report['loss']:.5f} lr {report['lr']:.2e} "
+                  f"{rate:.2f} samples/s ETA {eta:.0f}s", flush=True)
+            run.log_step(step, **{k: v for k, v in report.items() if k != "step"})
+            for key in ("loss", "lr", "samples_per_s", "step_time_s"):
+                metrics[key].set(report[key], tags=tags)
+        if rank == 0 and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+            report.update(_evaluate_and_draw(engine.module, heldout, run, step, metrics, tags))
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            with tempfile.TemporaryDirectory() as folder:
+                engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": step, "samples": samples})
+                ray.train.report(report, checkpoint=Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(report)
+
+
+def _open_shards(cfg: ExperimentConfig) -> Storage:
+    from ..storage import open_storage
+
+    return open_storage(cfg.data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+
+
+def _window_sample(data: ShardDataset, index: int) -> dict:
+    return window_tensors(data.window(index))
+
+
+def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
+    model.eval()
+    result = evaluate(model, heldout)
+    print(f"eval step {step}:\n{format_eval(result)}", flush=True)
+    strip_key = run.key("strips", f"step-{step:07d}.png")
+    run.storage.write_bytes(strip_key, png_bytes(model_strip(model, window_tensors(heldout[0]))))
+    run.add_artefact("latest_strip", strip_key)
+    run.log_eval(step, **flatten_eval(result), strip=strip_key)
+    metrics["eval_psnr"].set(result["model"]["psnr_rgb"], tags=tags)
+    if "canvas_contribution" in result["model"]:
+        metrics["canvas_contribution"].set(result["model"]["canvas_contribution"], tags=tags)
+    model.train()
+    return {f"eval/{k}": v for k, v in flatten_eval(result).items() if isinstance(v, (int, float))}
+
+
+def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_frames: int = 4, log=print):
+    """Run (or resume) a Ray Train + DeepSpeed training run; returns (run name, ray.train.Result)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    storage = storage_from_config(cfg.storage)
+    dataset = ensure_dataset(cfg, storage, log)
+    registry = RunRegistry(storage)
+    node_types = {os.environ.get("OSS_NODE_TYPE", "local"): 1}
+    if run_name and str(RunName.parse(run_name)) in {str(n) for n in registry.names()}:
+        run = registry.open(run_name)
+        log(f"resuming run {run.name}")
+    elif run_name:
+        run = registry.create(run_name, config=config_to_dict(cfg), node_types=node_types)
+    else:
+        run = registry.allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg), node_types=node_types)
+    run.mark_started()
+    log(f"run {run.name} -> {storage.url(run.prefix)}")
+    prefix = dataset_prefix(cfg) if cfg.data.source != "shards" else ""
+    use_gpu = cfg.train.use_gpu and bool(ray.cluster_resources().get("GPU"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_to_dict(cfg), "run_name": str(run.name), "dataset_prefix": prefix,
+                           "eval_frames": eval_frames},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=RAY_FOLDER, storage_path=storage.arrow_path(run.prefix), storage_filesystem=storage.arrow_filesystem(),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        registry.open(run.name).finish("failed")
+        raise
+    run = registry.open(run.name)  # rank 0 has been writing the record: continue from the stored one
+    if result.checkpoint is not None:
+        run.add_artefact("checkpoint", result.checkpoint.path)
+    run.finish()
+    return str(run.name), result

@@ -1,0 +1,67 @@
+"""Comparison strips: LR · bicubic · model · GT · |error| · features, side by side in one PNG."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from ..baselines import bicubic
+
+LABELS = ("LR", "bicubic", "model", "GT", "|error| x4", "features")
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8."""
+    return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+@torch.no_grad()
+def comparison_strip(lr: torch.Tensor, jitter: torch.Tensor, output: torch.Tensor, gt: torch.Tensor,
+                     features: torch.Tensor | None = None) -> Image.Image:
+    """lr [3, h, w], jitter [2], output and gt [3, H, W], features [C, h, w] or None -> one labelled PNG row."""
+    out_size = tuple(gt.shape[-2:])
+    panels = [
+        F.interpolate(lr[None], size=out_size, mode="nearest")[0],
+        bicubic(lr[None], out_size, jitter[None])[0],
+        output,
+        gt,
+        ((output - gt).abs() * 4).clamp(0, 1),
+    ]
+    if features is not None:
+        energy = features.abs().mean(0, keepdim=True)
+        energy = (energy - energy.min()) / (energy.max() - energy.min()).clamp(min=1e-8)
+        panels.append(F.interpolate(energy[None], size=out_size, mode="bilinear", align_corners=False)[0].expand(3, -1, -1))
+    row = np.concatenate([_to_uint8(p) for p in panels], axis=1)
+    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + 14), "white")
+    canvas.paste(Image.fromarray(row), (0, 14))
+    draw = ImageDraw.Draw(canvas)
+    for index, label in enumerate(LABELS[: len(panels)]):
+        draw.text((index * out_size[1] + 2, 1), label, fill="black")
+    return canvas
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def model_strip(model, window_tensors: dict, frame: int = -1) -> Image.Image:
+    """Run a model over one held-out window and draw the strip for one of its frames."""
+    from ..models.temporal import run_window
+
+    batch = {k: v[None] for k, v in window_tensors.items()}
+    outputs, _ = run_window(model, batch)
+    k = frame % batch["lr"].shape[1]
+    features = None
+    if hasattr(model, "features") and hasattr(model, "assemble"):
+        lr = batch["lr"][:, k]
+        empty_history = torch.zeros_like(outputs[:, k])
+        x = model.assemble(lr, batch["depth"][:, k], batch["jitter"][:, k], empty_history, empty_history[:, :1])
+        features = model.features(x)[0]
+    return comparison_strip(batch["lr"][0, k], batch["jitter"][0, k], outputs[0, k], batch["gt"][0, k], features)

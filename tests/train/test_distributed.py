@@ -1,0 +1,75 @@
+"""Ray Train + DeepSpeed on the session's local Ray instance: a run, its resume, and a killed worker."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from oss_cluster.config import load_config
+from oss_cluster.storage import open_storage
+from oss_cluster.train.distributed import deepspeed_config, train_distributed
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def tiny(root, *extra):
+    return load_config(CONFIGS / "smoke.yaml", [
+        "model.name=student_pico", f"storage.root={root}", "data.out_size=[48,64]", "train.crop=32",
+        "train.batch_size=2", "train.steps=4", "train.eval_every=4", "train.checkpoint_every=2", "train.log_every=1",
+        "data.val_sequences=1", *extra])
+
+
+def test_deepspeed_config_follows_the_experiment():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["deepspeed.zero_stage=3", "train.grad_accum=2"])
+    ds = deepspeed_config(cfg, use_gpu=False)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 2
+    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["bf16"]["enabled"] is False
+    assert deepspeed_config(cfg, use_gpu=True)["bf16"]["enabled"] is True
+
+
+def test_run_then_resume_with_the_same_name(tmp_path, ray_local):
+    cfg = tiny(tmp_path)
+    name, result = train_distributed(cfg, eval_frames=2)
+    store = open_storage(str(tmp_path))
+    record = store.read_json(f"runs/{name}/metrics.json")
+    assert record["status"] == "finished" and [m["step"] for m in record["step_metrics"]] == [1, 2, 3, 4]
+    assert record["eval_metrics"][-1]["model/psnr_rgb"] > 10 and "taau/psnr_rgb" in record["eval_metrics"][-1]
+    assert store.exists(record["artefacts"]["latest_strip"])
+    checkpoints = [k for k in store.list(f"runs/{name}/ray/") if k.endswith("optim_states.pt")]
+    assert any("zero_pp_rank_0" in k for k in checkpoints) and any("zero_pp_rank_1" in k for k in checkpoints)
+    assert result.metrics["step"] == 4 and result.metrics["samples"] == 4 * 2 * 2
+
+    more = tiny(tmp_path, "train.steps=6")
+    again, result = train_distributed(more, run_name=name, eval_frames=2)
+    assert again == name and result.metrics["step"] == 6 and result.metrics["samples"] == 6 * 2 * 2
+    steps = [m["step"] for m in store.read_json(f"runs/{name}/metrics.json")["step_metrics"]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 were not redone: the run resumed at its checkpoint
+
+
+def _kill_a_worker_after_first_checkpoint(root: Path, killed: list):
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        if list(root.glob("runs/*/ray/checkpoint_*/checkpoint/zero_pp_rank_1_mp_rank_00_optim_states.pt")):
+            for proc in psutil.process_iter(["cmdline"]):
+                if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local):
+    cfg = tiny(tmp_path, "train.steps=6", "train.eval_every=100", "train.max_failures=2")
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed))
+    killer.start()
+    name, result = train_distributed(cfg, eval_frames=2)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert result.metrics["step"] == 6 and result.metrics["samples"] == 6 * 2 * 2
+    record = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")
+    assert record["status"] == "finished" and record["step_metrics"][-1]["step"] == 6
