@@ -86,6 +86,7 @@ class TrainConfig(Section):
     crop: PositiveInt = 96  # ground-truth crop side in output pixels
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 200
+    eval_frames: PositiveInt = 8  # frames per held-out sequence
     checkpoint_every: PositiveInt = 200
     num_workers: PositiveInt = 2
     use_gpu: bool = False

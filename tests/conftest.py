@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+# Ray's token authentication, as a real cluster runs it: the test head node, drivers and job clients
+# share the token in ~/.ray/auth_token. Set before anything imports ray (it reads the mode at import).
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _free_port() -> int:
@@ -57,10 +65,19 @@ def storage(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the whole test session."""
+    """One Ray head node for the whole test session, started with `ray start --head` (so jobs can be
+    submitted to its dashboard) and joined by the tests. Yields its addresses."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
+    yield SimpleNamespace(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard}", ray_bin=ray_bin)
     ray.shutdown()
+    subprocess.run([ray_bin, "stop", "--force"], capture_output=True)

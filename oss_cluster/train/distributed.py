@@ -199,7 +199,7 @@ def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
     return {f"eval/{k}": v for k, v in flatten_eval(result).items() if isinstance(v, (int, float))}
 
 
-def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_frames: int = 4, log=print):
+def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_frames: int | None = None, log=print):
     """Run (or resume) a Ray Train + DeepSpeed training run; returns (run name, ray.train.Result)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -225,13 +225,15 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_name": str(run.name), "dataset_prefix": prefix,
-                           "eval_frames": eval_frames},
+                           "eval_frames": eval_frames or cfg.train.eval_frames},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=RAY_FOLDER, storage_path=storage.arrow_path(run.prefix), storage_filesystem=storage.arrow_filesystem(),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Workers reach the same S3 endpoint with the driver's credentials.
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
         ),
     )
     try:

@@ -250,13 +250,14 @@ def format_eval(result: dict) -> str:
 
 
 def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: float | None = None,
-                eval_frames: int = 8, final_eval: bool = True,
+                eval_frames: int | None = None, final_eval: bool = True,
                 log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
     """Train cfg.model on cfg.data for cfg.train.steps (or until the time budget), evaluating as configured.
 
     Returns (model, summary) where summary has steps, samples, seconds and the last evaluation.
     """
     train = cfg.train
+    eval_frames = eval_frames or train.eval_frames
     torch.manual_seed(train.seed)
     model = build_model(cfg.model.name, **cfg.model.options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)

@@ -73,3 +73,37 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local):
     assert result.metrics["step"] == 6 and result.metrics["samples"] == 6 * 2 * 2
     record = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")
     assert record["status"] == "finished" and record["step_metrics"][-1]["step"] == 6
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ray_job_submit_against_a_head_node(tmp_path, ray_local):
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    done = subprocess.run(
+        [ray_local.ray_bin, "job", "submit", "--address", ray_local.dashboard, "--working-dir", str(REPO), "--",
+         sys.executable, "jobs/train_heavy.py", "--smoke", "--set", "model.name=student_pico",
+         "--set", f"storage.root={root}", "--set", "data.out_size=[48,64]", "--set", "train.crop=32"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "finished" in done.stdout
+    store = open_storage(str(root))
+    names = {key.split("/")[1] for key in store.list("runs/")}
+    assert len(names) == 1
+    record = store.read_json(f"runs/{names.pop()}/metrics.json")
+    assert record["status"] == "finished" and record["eval_metrics"] and store.exists(record["artefacts"]["latest_strip"])
+    assert record["artefacts"]["checkpoint"]
+
+
+def test_run_with_s3_storage(tmp_path, ray_local, s3_endpoint, s3_uri):
+    cfg = tiny(s3_uri, f"storage.endpoint_url={s3_endpoint}", "train.steps=2", "train.eval_every=2")
+    name, result = train_distributed(cfg, eval_frames=2)
+    store = open_storage(s3_uri, endpoint_url=s3_endpoint)
+    record = store.read_json(f"runs/{name}/metrics.json")
+    assert record["status"] == "finished" and result.metrics["step"] == 2
+    assert any(k.endswith("mp_rank_00_model_states.pt") for k in store.list(f"runs/{name}/ray/"))
+    assert store.exists(record["artefacts"]["latest_strip"])
