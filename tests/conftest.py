@@ -70,14 +70,16 @@ def ray_local():
     import ray
 
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, metrics = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     subprocess.run([ray_bin, "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
+                    "--disable-usage-stats"],
                    check=True, env=env, capture_output=True)
     ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
-    yield SimpleNamespace(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard}", ray_bin=ray_bin)
+    yield SimpleNamespace(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard}", ray_bin=ray_bin,
+                          metrics_url=f"http://127.0.0.1:{metrics}/metrics")
     ray.shutdown()
     subprocess.run([ray_bin, "stop", "--force"], capture_output=True)

@@ -107,3 +107,33 @@ def test_run_with_s3_storage(tmp_path, ray_local, s3_endpoint, s3_uri):
     assert record["status"] == "finished" and result.metrics["step"] == 2
     assert any(k.endswith("mp_rank_00_model_states.pt") for k in store.list(f"runs/{name}/ray/"))
     assert store.exists(record["artefacts"]["latest_strip"])
+
+
+def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_local):
+    import urllib.request
+
+    cfg = tiny(tmp_path, "train.steps=30", "train.eval_every=1000", "train.checkpoint_every=1000")
+    found: list = []
+    finished = threading.Event()
+
+    def scrape():
+        deadline = time.time() + 600
+        while time.time() < deadline and not found:
+            try:
+                text = urllib.request.urlopen(ray_local.metrics_url, timeout=5).read().decode()
+            except OSError:
+                text = ""
+            found.extend(line for line in text.splitlines() if "oss_train_loss" in line and not line.startswith("#"))
+            if finished.is_set() and time.time() > finish_time + 60:
+                return
+            time.sleep(1)
+
+    finish_time = float("inf")
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    name, _ = train_distributed(cfg)
+    finish_time = time.time()
+    finished.set()
+    scraper.join()
+    assert found, "oss_train_loss never appeared on the Prometheus endpoint"
+    assert any(name in line for line in found)  # tagged with the run name
