@@ -30,10 +30,11 @@ def optimizer_state_bytes(loop_config: dict) -> None:
     from oss_cluster.models import build_model
     from oss_cluster.train.distributed import deepspeed_config
 
-    cfg = load_config(None, [f"model.name={loop_config['model']}", f"deepspeed.zero_stage={loop_config['stage']}", *SMOKE])
+    cfg = load_config(None, [f"model.name={loop_config['model']}", *SMOKE])
     model = build_model(cfg.model.name)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=deepspeed_config(cfg, use_gpu=False))
+    ds = deepspeed_config(cfg, use_gpu=False)
+    ds["zero_optimization"]["stage"] = loop_config["stage"]  # 0 (no ZeRO) is the baseline; configs allow 1-3
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     batch = _batch(cfg)
     for _ in range(2):
         loss, _ = training_loss(engine.module, batch, cfg.train)
@@ -42,7 +43,10 @@ def optimizer_state_bytes(loop_config: dict) -> None:
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the torch optimizer
     moments = sum(t.numel() * t.element_size() for state in inner.state.values()
                   for name, t in state.items() if torch.is_tensor(t) and name in ("exp_avg", "exp_avg_sq"))
-    ray.train.report({"optimizer_state_bytes": moments})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # Train V2 keeps a result's metrics with its checkpoint
+        ray.train.report({"optimizer_state_bytes": moments}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _batch(cfg):
