@@ -14,4 +14,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_heavy import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(default_model="canvas"))
+    sys.exit(main(default_model="canvas", family="canvas"))

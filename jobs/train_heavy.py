@@ -21,7 +21,7 @@ from oss_cluster.train.distributed import train_distributed
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-def main(argv=None, default_model: str = "hat_heavy") -> int:
+def main(argv=None, default_model: str = "hat_heavy", family: str = "hat") -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="experiment YAML (default: embedded defaults)")
     parser.add_argument("--smoke", action="store_true", help="tiny config (configs/smoke.yaml): minutes on 2 CPUs")
@@ -30,7 +30,8 @@ def main(argv=None, default_model: str = "hat_heavy") -> int:
     args = parser.parse_args(argv)
     path = args.config or (SMOKE if args.smoke else None)
     try:
-        cfg = load_config(path, [f"model.name={default_model}", *args.set] if path is None or args.smoke else args.set)
+        defaults = [f"model.name={default_model}", f"family={family}"] if path is None or args.smoke else []
+        cfg = load_config(path, [*defaults, *args.set])
         name, result = train_distributed(cfg, run_name=args.run_name)
     except (ConfigError, DataError, RunExistsError, RunNameError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -30,7 +30,7 @@ from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
 from ..storage import Storage, storage_from_config
 from .local import (
-    evaluate, flatten_eval, format_eval, heldout_sequences, lr_at, random_crop, training_loss,
+    evaluate, evaluate_extrapolation, format_extrapolation, heldout_midframes, flatten_eval, format_eval, heldout_sequences, lr_at, random_crop, training_loss,
     window_tensors,
 )
 from .strips import model_strip, png_bytes
@@ -133,8 +133,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics = _worker_metrics() if rank == 0 else None
     tags = {"run": loop_config["run_name"]}
     heldout = heldout_sequences(cfg, frames=loop_config["eval_frames"]) if rank == 0 else []
+    if rank == 0 and hasattr(model, "extrapolate"):  # canvas models: OSS-FX against the true mid frames
+        heldout = (heldout, heldout_midframes(cfg, loop_config["eval_frames"], 0.5))
     micro = cfg.train.batch_size
     started, first_step = time.perf_counter(), step
+    warm = None  # (time, step) after the first step: rates exclude its one-off warm-up
     engine.train()
     while step < cfg.train.steps:
         step_start = time.perf_counter()
@@ -154,11 +157,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         step += 1
         samples += micro * cfg.train.grad_accum * world
         report = {"step": step, "samples": samples, "loss": float(loss.item()), "lr": lr_at(step - 1, cfg.train)}
-        elapsed = time.perf_counter() - started
-        rate = (step - first_step) * micro * cfg.train.grad_accum * world / elapsed
+        now = time.perf_counter()
+        elapsed = now - started
+        if warm is None:
+            warm = (now, step)
+        since, steps_since = (now - warm[0], step - warm[1]) if step > warm[1] else (elapsed, step - first_step)
+        rate = steps_since * micro * cfg.train.grad_accum * world / since
         report.update(samples_per_s=rate, step_time_s=time.perf_counter() - step_start)
         if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
-            eta = (cfg.train.steps - step) * elapsed / (step - first_step)
+            eta = (cfg.train.steps - step) * since / steps_since
             print(f"step {step}/{cfg.train.steps} loss {report['loss']:.5f} lr {report['lr']:.2e} "
                   f"{rate:.2f} samples/s ETA {eta:.0f}s", flush=True)
             run.log_step(step, **{k: v for k, v in report.items() if k != "step"})
@@ -186,8 +193,12 @@ def _window_sample(data: ShardDataset, index: int) -> dict:
 
 def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
     model.eval()
+    heldout, mids = heldout if isinstance(heldout, tuple) else (heldout, None)
     result = evaluate(model, heldout)
     print(f"eval step {step}:\n{format_eval(result)}", flush=True)
+    if mids is not None:
+        result["extrapolation"] = evaluate_extrapolation(model, heldout, mids)
+        print(f"eval step {step} OSS-FX: {format_extrapolation(result['extrapolation'])}", flush=True)
     strip_key = run.key("strips", f"step-{step:07d}.png")
     run.storage.write_bytes(strip_key, png_bytes(model_strip(model, window_tensors(heldout[0]))))
     run.add_artefact("latest_strip", strip_key)

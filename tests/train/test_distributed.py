@@ -137,3 +137,13 @@ def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_loca
     scraper.join()
     assert found, "oss_train_loss never appeared on the Prometheus endpoint"
     assert any(name in line for line in found)  # tagged with the run name
+
+
+def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local):
+    cfg = tiny(tmp_path, "model.name=canvas", "family=canvas", "train.steps=2", "train.eval_every=2",
+               "model.options.capacity=512", "model.options.spawn_per_frame=512")
+    name, _ = train_distributed(cfg, eval_frames=3)
+    assert name.startswith("canvas-")
+    logged = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")["eval_metrics"][-1]
+    assert logged["model/canvas_contribution"] > 0
+    assert "extrapolation/oss_fx/psnr_rgb" in logged and "extrapolation/repeat_last/psnr_rgb" in logged
