@@ -30,7 +30,8 @@ from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
 from ..storage import Storage, storage_from_config
 from .local import (
-    evaluate, evaluate_extrapolation, format_extrapolation, heldout_midframes, flatten_eval, format_eval, heldout_sequences, lr_at, random_crop, training_loss,
+    evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation, heldout_midframes,
+    heldout_sequences, lr_at, random_crop, shards_storage, training_loss,
     window_tensors,
 )
 from .strips import model_strip, png_bytes
@@ -68,9 +69,7 @@ def dataset_prefix(cfg: ExperimentConfig) -> str:
 def ensure_dataset(cfg: ExperimentConfig, storage: Storage, log=print) -> Storage:
     """The dataset to train on: data.shards if given, else shards built under the storage root."""
     if cfg.data.source == "shards":
-        from ..storage import open_storage
-
-        return open_storage(cfg.data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+        return shards_storage(cfg)
     target = storage.child(dataset_prefix(cfg))
     if not target.exists(MANIFEST):
         if target.list():  # an earlier build died half way: its shards are incomplete
@@ -126,7 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     storage = storage_from_config(cfg.storage)
     data = ShardDataset(storage.child(loop_config["dataset_prefix"]) if loop_config["dataset_prefix"] else
-                        _open_shards(cfg))
+                        shards_storage(cfg))
     n = len(data)
     mine = list(range(rank * n // world, (rank + 1) * n // world)) or [rank % n]
     run = RunRegistry(storage).open(loop_config["run_name"]) if rank == 0 else None
@@ -145,7 +144,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # The batch depends only on (seed, rank, step, micro-step): a resumed run sees the same data.
             rng = np.random.default_rng([cfg.train.seed, rank, step, micro_step])
             picks = rng.choice(mine, size=micro, replace=len(mine) < micro)
-            items = [random_crop(_window_sample(data, int(i)), cfg.train.crop, rng) for i in picks]
+            items = [random_crop(window_tensors(data.window(int(i))), cfg.train.crop, rng) for i in picks]
             batch = {k: torch.stack([item[k] for item in items]).to(device=device, dtype=dtype) for k in items[0]}
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg.train)
@@ -179,16 +178,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(folder))
         else:
             ray.train.report(report)
-
-
-def _open_shards(cfg: ExperimentConfig) -> Storage:
-    from ..storage import open_storage
-
-    return open_storage(cfg.data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
-
-
-def _window_sample(data: ShardDataset, index: int) -> dict:
-    return window_tensors(data.window(index))
 
 
 def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:

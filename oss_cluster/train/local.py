@@ -90,11 +90,16 @@ class CroppedWindows(torch.utils.data.Dataset):
         return random_crop(sample, self.crop_out, self.rng)
 
 
+def shards_storage(cfg: ExperimentConfig):
+    """The Storage holding the built dataset named by data.shards (with the run's S3 settings)."""
+    return open_storage(cfg.data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+
+
 def training_windows(cfg: ExperimentConfig):
     """The training set: shards (data.source == shards) or synthetic windows rendered in memory."""
     data = cfg.data
     if data.source == "shards":
-        return ShardDataset(open_storage(data.shards, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region))
+        return ShardDataset(shards_storage(cfg))
     if data.source == "synth":
         return list(synth_windows(data.frames, data.ratio, tuple(data.out_size), data.window, data.frames_per_sequence,
                                   data.seed, data.objects, data.gt_samples, motion_scale=data.motion_scale))
