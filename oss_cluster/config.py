@@ -111,10 +111,14 @@ class TuneConfig(Section):
     fusion_magnitude_min: PositiveFloat = 0.1
     fusion_magnitude_max: PositiveFloat = 100.0
     ratios: list[float] = Field(default_factory=lambda: [1.333, 1.5, 2.0], min_length=1)
-    metric: str = "val_psnr"
+    # A key of rank 0's evaluation reports: val_psnr_over_bicubic (dB; comparable across ratios), val_psnr,
+    # val_ssim, val_flip, or any eval/<method>/<metric>.
+    metric: str = "val_psnr_over_bicubic"
     mode: Literal["max", "min"] = "max"
-    max_steps: PositiveInt = 200
-    grace_period: PositiveInt = 20
+    max_steps: PositiveInt = 200  # training steps per trial
+    grace_period: PositiveInt = 20  # ASHA's first rung, in steps; evaluations (train.eval_every) should reach it
+    reduction_factor: float = Field(3.0, gt=1.0)  # ASHA keeps the top 1/reduction_factor at each rung
+    max_concurrent_trials: PositiveInt | None = None  # None: cluster CPUs // train.num_workers
 
     @model_validator(mode="after")
     def _check(self) -> "TuneConfig":
@@ -233,3 +237,12 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def with_absolute_storage(cfg: ExperimentConfig) -> ExperimentConfig:
+    """A copy whose local storage root is absolute: Ray workers and Tune trials run in other folders."""
+    if "://" in cfg.storage.root:
+        return cfg
+    resolved = cfg.model_copy(deep=True)
+    resolved.storage.root = str(Path(cfg.storage.root).expanduser().resolve())
+    return resolved

@@ -37,3 +37,14 @@ def build_model(name: str, **options):
         return _REGISTRY[name](**options)
     except TypeError as err:
         raise TypeError(f"model {name!r}: bad options {options}: {err}") from None
+
+
+def model_options(name: str) -> list[str]:
+    """Keyword options the registered builder of `name` accepts."""
+    import inspect
+
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    parameters = inspect.signature(_REGISTRY[name]).parameters.values()
+    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -331,4 +331,4 @@ class CanvasSR(TemporalSR):
         return sum(values) / max(len(values), 1)
 
 
-register_model("canvas", lambda **options: CanvasSR(**options))
+register_model("canvas", CanvasSR)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, config_to_dict
+from ..config import ExperimentConfig, config_to_dict, with_absolute_storage
 from ..data.build import build_dataset
 from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
@@ -196,24 +196,37 @@ def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
     if "canvas_contribution" in result["model"]:
         metrics["canvas_contribution"].set(result["model"]["canvas_contribution"], tags=tags)
     model.train()
-    return {f"eval/{k}": v for k, v in flatten_eval(result).items() if isinstance(v, (int, float))}
+    report = {f"eval/{k}": v for k, v in flatten_eval(result).items() if isinstance(v, (int, float))}
+    # Short names for the held-out model metrics: what Tune sweeps select on (tune.metric).
+    report.update(val_psnr=result["model"]["psnr_rgb"], val_ssim=result["model"]["ssim_y"],
+                  val_flip=result["model"]["flip"],
+                  # Comparable across SR ratios (raw PSNR always favours the smaller ratio).
+                  val_psnr_over_bicubic=result["model"]["psnr_rgb"] - result["bicubic"]["psnr_rgb"])
+    return report
 
 
-def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_frames: int | None = None, log=print):
-    """Run (or resume) a Ray Train + DeepSpeed training run; returns (run name, ray.train.Result)."""
+def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_frames: int | None = None, log=print,
+                      callbacks=()):
+    """Run (or resume) a Ray Train + DeepSpeed training run; returns (run name, ray.train.Result).
+
+    `run_name`: an existing run to resume, or a new name to create (None: allocate the next free one).
+    `callbacks`: Ray Train user callbacks (a Tune sweep passes its report forwarder).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    cfg = with_absolute_storage(cfg)
     storage = storage_from_config(cfg.storage)
     dataset = ensure_dataset(cfg, storage, log)
     registry = RunRegistry(storage)
     node_types = {os.environ.get("OSS_NODE_TYPE", "local"): 1}
     if run_name and str(RunName.parse(run_name)) in {str(n) for n in registry.names()}:
         run = registry.open(run_name)
-        log(f"resuming run {run.name}")
+        if run.record.get("status") != "created":  # a sweep trial allocates its name before training
+            log(f"resuming run {run.name}")
     elif run_name:
         run = registry.create(run_name, config=config_to_dict(cfg), node_types=node_types)
     else:
@@ -232,6 +245,7 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
             name=RAY_FOLDER, storage_path=storage.arrow_path(run.prefix), storage_filesystem=storage.arrow_filesystem(),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
             # Workers reach the same S3 endpoint with the driver's credentials.
             worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
         ),
