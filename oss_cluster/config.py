@@ -135,6 +135,14 @@ class TuneConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    """Student distillation: loss = Charbonnier(output, GT) + weight x Charbonnier(output, teacher output)."""
+
+    teacher_run: str | None = None  # run (same storage root) whose newest checkpoint is the frozen teacher
+    weight: NonNegativeFloat = 0.5  # lambda
+    init_from_run: str | None = None  # a smaller student run to start from, expanded with Net2Net
+
+
 class ExperimentConfig(Section):
     """One experiment: what a YAML file in configs/ describes."""
 
@@ -147,6 +155,7 @@ class ExperimentConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 def _open_field(model: type[BaseModel], name: str) -> bool:

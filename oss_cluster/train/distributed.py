@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig, config_to_dict, with_absolute_storage
+from ..checkpoints import latest_checkpoint, load_model
 from ..data.build import build_dataset
 from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
@@ -109,6 +110,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ..models import build_model
 
     model = build_model(cfg.model.name, **cfg.model.options)
+    storage = storage_from_config(cfg.storage)
+    teacher = None
+    if cfg.distill.teacher_run:  # frozen teacher for the distillation term; every rank holds a copy
+        teacher, _, _ = load_model(storage, cfg.distill.teacher_run)
+        teacher.requires_grad_(False)
+    if cfg.distill.init_from_run and ray.train.get_checkpoint() is None:
+        model = initial_student(storage, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                            config=deepspeed_config(cfg, use_gpu))
     device = engine.device
@@ -123,7 +131,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"resumed from step {step} ({samples} windows seen)", flush=True)
 
-    storage = storage_from_config(cfg.storage)
+    if teacher is not None:
+        teacher.to(device=device, dtype=dtype)
     data = ShardDataset(storage.child(loop_config["dataset_prefix"]) if loop_config["dataset_prefix"] else
                         shards_storage(cfg))
     n = len(data)
@@ -148,7 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = {k: torch.stack([item[k] for item in items]).to(device=device, dtype=dtype) for k in items[0]}
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg.train)
-            loss, _ = training_loss(engine.module, batch, cfg.train)
+            loss, _ = training_loss(engine.module, batch, cfg.train, teacher, cfg.distill.weight)
             engine.backward(loss)
             engine.step()
         if not torch.isfinite(loss):
@@ -178,6 +187,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(folder))
         else:
             ray.train.report(report)
+
+
+def initial_student(storage: Storage, cfg: ExperimentConfig):
+    """The smaller student of `distill.init_from_run`, grown to this config's student by Net2Net."""
+    from ..models import build_model
+    from ..models.net2net import expand
+
+    source, source_cfg, _ = load_model(storage, cfg.distill.init_from_run)
+    target = build_model(cfg.model.name, **cfg.model.options)
+    try:
+        return expand(source, target.config).train()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"distill.init_from_run={cfg.distill.init_from_run} ({source_cfg.model.name}) cannot be "
+                         f"expanded to {cfg.model.name} by Net2Net: {err}") from None
 
 
 def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
@@ -220,6 +243,11 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     cfg = with_absolute_storage(cfg)
     storage = storage_from_config(cfg.storage)
+    # Distillation inputs must exist before any worker starts (CheckpointError names what is missing).
+    sources = {label: latest_checkpoint(storage, name) for label, name in
+               (("teacher_checkpoint", cfg.distill.teacher_run), ("init_checkpoint", cfg.distill.init_from_run)) if name}
+    if cfg.distill.init_from_run:
+        initial_student(storage, cfg)  # ValueError now, naming both models, if Net2Net cannot grow it
     dataset = ensure_dataset(cfg, storage, log)
     registry = RunRegistry(storage)
     node_types = {os.environ.get("OSS_NODE_TYPE", "local"): 1}
@@ -232,6 +260,8 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
     else:
         run = registry.allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg), node_types=node_types)
     run.mark_started()
+    for label, key in sources.items():
+        run.add_artefact(label, key)
     log(f"run {run.name} -> {storage.url(run.prefix)}")
     prefix = dataset_prefix(cfg) if cfg.data.source != "shards" else ""
     use_gpu = cfg.train.use_gpu and bool(ray.cluster_resources().get("GPU"))

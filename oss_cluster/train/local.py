@@ -25,7 +25,7 @@ from ..config import ConfigError, ExperimentConfig, TrainConfig, config_to_dict,
 from ..data.schema import DataError, Window
 from ..data.shards import ShardDataset
 from ..data.synth import SynthScene, synth_windows
-from ..losses import window_loss
+from ..losses import charbonnier, window_loss
 from ..metrics import PSNR_SPACES, LPIPSGauge, flip, psnr, quality_report
 from ..models import build_model
 from ..models.temporal import FRAME_KEYS, run_window
@@ -163,10 +163,19 @@ def evaluate_extrapolation(model, sequences: Sequence[Window], mids: Sequence[to
     return result
 
 
-def training_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig):
-    """Forward a window batch ({key: [B, K, ...]}) recurrently and return (loss, outputs [B, K, 3, H, W])."""
+def training_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig, teacher: torch.nn.Module | None = None,
+                  distill_weight: float = 0.0):
+    """Forward a window batch ({key: [B, K, ...]}) recurrently and return (loss, outputs [B, K, 3, H, W]).
+
+    With a (frozen) teacher, the distillation term distill_weight x Charbonnier(outputs, teacher's
+    outputs on the same window) is added.
+    """
     outputs, _ = run_window(model, batch)
     loss = window_loss(outputs, batch, cfg.charbonnier_eps, cfg.temporal_weight)
+    if teacher is not None and distill_weight > 0:
+        with torch.no_grad():
+            targets, _ = run_window(teacher, batch)
+        loss = loss + distill_weight * charbonnier(outputs, targets, cfg.charbonnier_eps)
     if hasattr(model, "auxiliary_loss"):  # e.g. the canvas model's canvas-colour term
         loss = loss + model.auxiliary_loss(batch, cfg.charbonnier_eps)
     return loss, outputs

@@ -1,0 +1,252 @@
+"""Export a trained student to ONNX (and to a TensorRT engine where a GPU and `tensorrt` are present).
+
+    manifest = export_student(storage, "student-v0.1-pico-004")
+
+Artefacts go to the run's storage under runs/<name>/exports/<tier>-x<ratio>/:
+    student.onnx          opset 17, dynamic batch / height / width; inputs (render resolution h x w,
+                          output resolution H x W): lr [B,3,h,w], depth [B,1,h,w], jitter [B,2],
+                          motion [B,2,h,w], disocclusion [B,1,h,w], previous [B,3,H,W] -> output [B,3,H,W]
+    student.<p>.engine    TensorRT engine at precision p (fp16, int8), only on a GPU with tensorrt
+    manifest.json         tier, ratio, input size, precision, source run and checkpoint, sha256 of each
+                          file, the ONNX Runtime parity on real frames, why TensorRT was skipped
+
+The ONNX file is checked against PyTorch with ONNX Runtime on real held-out frames run recurrently
+(each step fed the previous output), to a maximum absolute error of PARITY_TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from .checkpoints import load_model
+from .models.temporal import FRAME_KEYS
+from .runs import RunRegistry
+from .storage import Storage
+from .tiers import TIERS
+
+INPUT_NAMES = ["lr", "depth", "jitter", "motion", "disocclusion", "previous"]
+OUTPUT_NAME = "output"
+OPSET = 17
+PARITY_TOLERANCE = 1e-3
+MANIFEST = "manifest.json"
+
+
+class ExportError(RuntimeError):
+    """The export or its parity check failed."""
+
+
+def export_prefix(run_key: str, tier: str, ratio: float) -> str:
+    return f"{run_key}/exports/{tier}-x{ratio:g}"
+
+
+def onnx_bytes(model: torch.nn.Module, sample: tuple[torch.Tensor, ...]) -> bytes:
+    """ONNX of one recurrent step with dynamic batch and sizes (the TorchScript exporter: no onnxscript)."""
+    render = {0: "batch", 2: "h", 3: "w"}
+    dynamic = {name: render for name in INPUT_NAMES if name not in ("jitter", "previous")}
+    dynamic.update(jitter={0: "batch"}, previous={0: "batch", 2: "H", 3: "W"}, output={0: "batch", 2: "H", 3: "W"})
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), sample, buffer, input_names=INPUT_NAMES, output_names=[OUTPUT_NAME],
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    return buffer.getvalue()
+
+
+def frame_steps(model: torch.nn.Module, window: dict, ratio: float) -> list[tuple[torch.Tensor, ...]]:
+    """Step inputs for every frame of one window ({key: [K, ...]} tensors), each with the model's own
+    previous output as history (the first frame: zeros, all disoccluded), as a game would stream them."""
+    frames = window["lr"].shape[0]
+    h, w = window["lr"].shape[-2:]
+    out_size = tuple(window["gt"].shape[-2:]) if "gt" in window else (round(h * ratio), round(w * ratio))
+    previous, steps = torch.zeros(1, 3, *out_size), []
+    for k in range(frames):
+        frame = {key: window[key][k : k + 1].float() for key in FRAME_KEYS}
+        disocclusion = frame["disocclusion"] if k else torch.ones_like(frame["disocclusion"])
+        inputs = (frame["lr"], frame["depth"], frame["jitter"], frame["motion"], disocclusion, previous)
+        steps.append(inputs)
+        with torch.no_grad():
+            previous = model(*inputs)
+    return steps
+
+
+def onnx_parity(model: torch.nn.Module, onnx: bytes, steps: list[tuple[torch.Tensor, ...]]) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the outputs of `steps`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs in steps:
+        with torch.no_grad():
+            expected = model(*inputs).numpy()
+        got = session.run(None, {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def tensorrt_unavailable() -> str | None:
+    """None when a TensorRT engine can be built here, else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine (TensorRT engines are built on the GPU they run on)"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt Python package is not installed (pip install tensorrt)"
+    return None
+
+
+def build_tensorrt_engine(onnx: bytes, precision: str, input_size: tuple[int, int], ratio: float,
+                          calibration: list[tuple[torch.Tensor, ...]] | None = None) -> bytes:
+    """Serialize a TensorRT engine for `onnx` (GPU only). precision: fp16 or int8 (calibrated on `calibration`).
+
+    The optimisation profile spans quarter to full `input_size` (W, H) render resolution at batch 1..4.
+    """
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse the ONNX file: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    config.set_flag(trt.BuilderFlag.FP16)
+    width, height = input_size
+    shapes = {}
+    for fraction, batch in (("min", (0.25, 1)), ("opt", (1.0, 1)), ("max", (1.0, 4))):
+        scale, count = batch
+        h, w = max(8, int(height * scale)), max(8, int(width * scale))
+        H, W = round(h * ratio), round(w * ratio)
+        shapes[fraction] = {"lr": (count, 3, h, w), "depth": (count, 1, h, w), "jitter": (count, 2),
+                            "motion": (count, 2, h, w), "disocclusion": (count, 1, h, w), "previous": (count, 3, H, W)}
+    profile = builder.create_optimization_profile()
+    for name in INPUT_NAMES:
+        profile.set_shape(name, shapes["min"][name], shapes["opt"][name], shapes["max"][name])
+    config.add_optimization_profile(profile)
+    if precision == "int8":
+        if not builder.platform_has_fast_int8:
+            raise ExportError("this GPU has no fast INT8: export fp16 instead")
+        if not calibration:
+            raise ExportError("INT8 needs calibration frames")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _Calibrator(trt, calibration)
+        config.set_calibration_profile(profile)
+    elif precision != "fp16":
+        raise ExportError(f"TensorRT precision {precision!r}: use fp16 or int8 (FP8 needs explicit Q/DQ "
+                          "quantization of the ONNX graph, e.g. with NVIDIA ModelOpt, which this exporter does not do)")
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ExportError(f"TensorRT failed to build the {precision} engine (see its log above)")
+    return bytes(engine)
+
+
+def _Calibrator(trt, steps):
+    """An entropy calibrator that feeds the recorded step inputs, one frame per batch."""
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.index, self.buffers = steps, 0, {}
+
+        def get_batch_size(self):
+            return 1
+
+        def get_batch(self, names):
+            if self.index >= len(self.steps):
+                return None
+            inputs = dict(zip(INPUT_NAMES, self.steps[self.index]))
+            self.index += 1
+            self.buffers = {name: inputs[name].contiguous().cuda() for name in names}
+            return [int(self.buffers[name].data_ptr()) for name in names]
+
+        def read_calibration_cache(self):
+            return None
+
+        def write_calibration_cache(self, cache):
+            return None
+
+    return Calibrator()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] = ("fp16",), parity_frames: int = 4,
+                   log=print) -> dict:
+    """Export the run's newest checkpoint; returns the manifest (also written next to the files)."""
+    from .train.local import heldout_sequences, window_tensors
+
+    model, cfg, checkpoint = load_model(storage, run_name)
+    if cfg.model.name not in {f"student_{tier}" for tier in TIERS}:
+        raise ExportError(f"run {run_name} trained {cfg.model.name!r}; export ships students (student_<tier>)")
+    run = RunRegistry(storage).open(run_name)
+    ratio, tier = cfg.data.ratio, TIERS[cfg.tier]
+    windows = [window_tensors(w) for w in heldout_sequences(cfg, frames=parity_frames)]
+    steps = [step for window in windows for step in frame_steps(model, window, ratio)]
+    onnx = onnx_bytes(model, steps[0])
+    error = onnx_parity(model, onnx, steps)
+    log(f"ONNX Runtime vs PyTorch on {len(steps)} real frames: max abs error {error:.2e} (tolerance {PARITY_TOLERANCE:g})")
+    if not error <= PARITY_TOLERANCE:
+        raise ExportError(f"ONNX parity failed: max abs error {error:.3e} > {PARITY_TOLERANCE:g}")
+    prefix = export_prefix(run.prefix, cfg.tier, ratio)
+    files = {"onnx": {"key": f"{prefix}/student.onnx", "sha256": _sha256(onnx), "bytes": len(onnx),
+                      "precision": "fp32", "opset": OPSET}}
+    storage.write_bytes(files["onnx"]["key"], onnx)
+    skipped = tensorrt_unavailable()
+    tensorrt = {"skipped": skipped} if skipped else {}
+    if skipped:
+        log(f"TensorRT export skipped: {skipped}")
+    else:
+        for precision in precisions:
+            engine = build_tensorrt_engine(onnx, precision, tier.input_size, ratio, calibration=steps)
+            key = f"{prefix}/student.{precision}.engine"
+            storage.write_bytes(key, engine)
+            tensorrt[precision] = {"key": key, "sha256": _sha256(engine), "bytes": len(engine),
+                                   "device": torch.cuda.get_device_name(0)}
+            log(f"TensorRT {precision} engine: {len(engine):,} bytes")
+    manifest = {
+        "tier": cfg.tier, "model": cfg.model.name, "options": cfg.model.options, "ratio": ratio,
+        "input_size": list(tier.input_size), "output_size": list(tier.output_size),
+        "precision": "fp32" if skipped else ["fp32", *precisions],
+        "source_run": str(run.name), "source_checkpoint": checkpoint, "source_step": _last_step(run.record),
+        "files": files, "tensorrt": tensorrt,
+        "parity": {"max_abs_error": error, "frames": len(steps), "tolerance": PARITY_TOLERANCE,
+                   "frame_size": list(steps[0][0].shape[-2:])},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.write_json(f"{prefix}/{MANIFEST}", manifest)
+    run.add_artefact(f"export_{cfg.tier}", f"{prefix}/{MANIFEST}")
+    log(f"manifest: {storage.url(f'{prefix}/{MANIFEST}')}")
+    return manifest
+
+
+def _last_step(record: dict) -> int | None:
+    steps = record.get("step_metrics") or []
+    return steps[-1]["step"] if steps else None
+
+
+def read_manifest(storage: Storage, key: str) -> dict:
+    """A manifest written by export_student, with its files checked against their sha256."""
+    if not storage.exists(key):
+        raise FileNotFoundError(f"{storage.url(key)}: no export manifest")
+    manifest = storage.read_json(key)
+    for label in ("tier", "ratio", "files"):
+        if label not in manifest:
+            raise ExportError(f"{storage.url(key)}: manifest has no {label!r}")
+    return manifest
+
+
+def verified_bytes(storage: Storage, entry: dict) -> bytes:
+    """A manifest file's bytes, refused when its sha256 does not match."""
+    data = storage.read_bytes(entry["key"])
+    if _sha256(data) != entry["sha256"]:
+        raise ExportError(f"{storage.url(entry['key'])}: sha256 mismatch (file changed after export)")
+    return data

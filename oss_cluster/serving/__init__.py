@@ -1,0 +1,1 @@
+"""Ray Serve upscaling endpoint: request codec, inference backends, and the Serve application."""

@@ -1,0 +1,241 @@
+"""The Ray Serve upscaling application: a FastAPI ingress and one upscaler deployment per tier.
+
+    POST /v1/upscale   a frame (see codec.py) -> the upscaled PNG (or raw rgb8 with Accept:
+                       application/octet-stream); X-Session-Id keys the stream's history
+    GET  /v1/models    tiers, ratios, backends, versions
+    GET  /healthz      ok when every tier's replicas answer
+
+Each tier's `Upscaler` replica loads its export (manifest + ONNX / TensorRT files, sha256-checked) or,
+for development, an untrained student; picks TensorRT where the worker has a GPU and an engine, else
+ONNX Runtime; batches concurrent requests with @serve.batch; and keeps each session's previous output
+(the history the temporal student warps) in a bounded LRU. Replicas ask for the custom resource
+`tier_<tier>`, which cluster.yaml's target-hardware node types carry, so they land on those workers.
+"""
+
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from ray import serve
+
+from ..config import ConfigError, Section, StorageConfig, TierName
+from ..storage import storage_from_config
+from .codec import RequestError, decode_frame, decode_plane, encode_png, parse_jitter, to_uint8
+
+
+class TierServeConfig(Section):
+    manifest: str | None = None  # storage key of an export manifest (runs/<name>/exports/<tier>-x<r>/manifest.json)
+    model: str | None = None  # without a manifest: an untrained student (development only)
+    ratio: PositiveFloat = 1.5  # output/input per axis for an untrained student (a manifest carries its own)
+    replicas: PositiveInt = 1
+    num_cpus: PositiveFloat = 1.0
+    num_gpus: float = Field(0.0, ge=0)
+    tier_resource: PositiveFloat = 0.01  # units of tier_<tier> per replica
+
+
+class ServeAppConfig(Section):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tiers: dict[TierName, TierServeConfig] = Field(
+        default_factory=lambda: {"pico": TierServeConfig(model="student_pico")}, min_length=1)
+    pin_to_tier_workers: Literal["auto", "required", "off"] = "auto"  # auto: pin when the cluster has tier_<tier>
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    max_pixels: PositiveInt = 2560 * 1440  # largest accepted input frame (the Heavy tier's render size)
+    max_batch_size: PositiveInt = 4
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_sessions: PositiveInt = 64  # per replica; the least recently used history is dropped
+    threads: PositiveInt = 1  # ONNX Runtime intra-op threads per replica
+
+
+def _load(tier: str, tier_cfg: TierServeConfig, app_cfg: ServeAppConfig):
+    from ..export import read_manifest
+    from .backends import load_backend, untrained_manifest
+
+    if tier_cfg.manifest:
+        storage = storage_from_config(app_cfg.storage)
+        manifest = read_manifest(storage, tier_cfg.manifest)
+    elif tier_cfg.model:
+        storage, manifest = None, untrained_manifest(tier_cfg.model, tier_cfg.ratio)
+    else:
+        raise ConfigError(f"tiers.{tier}: give manifest (an export) or model (an untrained student)")
+    if manifest["tier"] != tier:
+        raise ConfigError(f"tiers.{tier}: the export is for tier {manifest['tier']!r}")
+    return manifest, load_backend(manifest, storage, app_cfg.backend, app_cfg.threads)
+
+
+@serve.deployment
+class Upscaler:
+    """One tier's student. `upscale` takes a decoded frame and returns uint8 [H, W, 3]."""
+
+    def __init__(self, tier: str, tier_cfg: dict, app_cfg: dict):
+        self.tier = tier
+        self.app_cfg = ServeAppConfig.model_validate(app_cfg)
+        self.manifest, self.backend = _load(tier, TierServeConfig.model_validate(tier_cfg), self.app_cfg)
+        self.ratio = float(self.manifest["ratio"])
+        self.sessions: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.frames = 0
+        self.upscale_batch.set_max_batch_size(self.app_cfg.max_batch_size)
+        self.upscale_batch.set_batch_wait_timeout_s(self.app_cfg.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        return {"tier": self.tier, "ratio": self.ratio, "backend": self.backend.name,
+                "backend_version": self.backend.version, "model": self.manifest["model"],
+                "source_run": self.manifest.get("source_run"), "source_step": self.manifest.get("source_step"),
+                "onnx_sha256": self.manifest["files"]["onnx"].get("sha256"), "frames_served": self.frames,
+                "sessions": len(self.sessions)}
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        return round(h * self.ratio), round(w * self.ratio)
+
+    async def upscale(self, frame: dict) -> dict:
+        return await self.upscale_batch(frame)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def upscale_batch(self, frames: list[dict]) -> list[dict]:
+        # Frames of one size run as one batch; a session's history is only used when its size matches.
+        results: list[dict | None] = [None] * len(frames)
+        groups: dict[tuple, list[int]] = {}
+        for index, frame in enumerate(frames):
+            groups.setdefault(frame["lr"].shape, []).append(index)
+        for shape, indices in groups.items():
+            h, w = shape[-2:]
+            H, W = self.output_size(h, w)
+            previous, disocclusion, continued = [], [], []
+            for i in indices:
+                history = self.sessions.get(frames[i]["session"]) if frames[i]["session"] else None
+                ok = history is not None and history.shape == (3, H, W)
+                previous.append(history if ok else np.zeros((3, H, W), np.float32))
+                disocclusion.append(np.zeros((1, h, w), np.float32) if ok else np.ones((1, h, w), np.float32))
+                continued.append(ok)
+            inputs = {
+                "lr": np.stack([frames[i]["lr"] for i in indices]),
+                "depth": np.stack([frames[i]["depth"] for i in indices]),
+                "jitter": np.stack([frames[i]["jitter"] for i in indices]),
+                "motion": np.stack([frames[i]["motion"] for i in indices]),
+                "disocclusion": np.stack(disocclusion), "previous": np.stack(previous),
+            }
+            started = time.perf_counter()
+            outputs = await asyncio.get_running_loop().run_in_executor(None, self.backend.run, inputs)
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            for j, i in enumerate(indices):
+                session = frames[i]["session"]
+                if session:
+                    self.sessions[session] = outputs[j]
+                    self.sessions.move_to_end(session)
+                    while len(self.sessions) > self.app_cfg.max_sessions:
+                        self.sessions.popitem(last=False)
+                results[i] = {"image": to_uint8(outputs[j]), "continued": continued[j], "batch": len(indices),
+                              "inference_ms": elapsed_ms, "backend": self.backend.name}
+        self.frames += len(frames)
+        return results
+
+
+api = FastAPI(title="OpenSuperSampling upscaling endpoint")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})  # it only decodes, encodes and forwards
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, upscalers: dict, app_cfg: dict):
+        self.upscalers = upscalers  # tier -> DeploymentHandle
+        self.cfg = ServeAppConfig.model_validate(app_cfg)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            infos = await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.upscalers.values())), 10)
+        except Exception as err:  # a tier that cannot answer makes the service unhealthy
+            return _error(503, f"unhealthy: {type(err).__name__}: {err}")
+        return {"status": "ok", "tiers": sorted(info["tier"] for info in infos)}
+
+    @api.get("/v1/models")
+    async def models(self):
+        infos = await asyncio.gather(*(h.info.remote() for h in self.upscalers.values()))
+        import onnxruntime
+        import ray
+
+        return {"models": infos, "versions": {"ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
+                "max_pixels": self.cfg.max_pixels}
+
+    @api.post("/v1/upscale")
+    async def upscale(self, request: Request):
+        try:
+            tier = request.query_params.get("tier") or request.headers.get("X-Tier") or next(iter(self.upscalers))
+            if tier not in self.upscalers:
+                raise RequestError(404, f"unknown tier {tier!r}; served tiers: {', '.join(self.upscalers)}")
+            frame = await self._decode(request)
+        except RequestError as err:
+            return _error(err.status, err.message)
+        result = await self.upscalers[tier].upscale.remote(frame)
+        image = result["image"]
+        headers = {"X-Width": str(image.shape[1]), "X-Height": str(image.shape[0]), "X-Backend": result["backend"],
+                   "X-History": "continued" if result["continued"] else "new", "X-Batch-Size": str(result["batch"]),
+                   "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Tier": tier}
+        if "application/octet-stream" in request.headers.get("Accept", ""):
+            return Response(image.tobytes(), media_type="application/octet-stream", headers={**headers, "X-Format": "rgb8"})
+        return Response(encode_png(image), media_type="image/png", headers=headers)
+
+    async def _decode(self, request: Request) -> dict:
+        content_type = request.headers.get("Content-Type", "")
+        headers = request.headers
+        motion = depth = None
+        if content_type.startswith("multipart/form-data"):
+            try:
+                form = await request.form()
+            except Exception as err:
+                raise RequestError(400, f"malformed multipart body: {err}") from None
+            known = {"frame", "motion", "depth"}
+            unknown = set(form.keys()) - known
+            if unknown:
+                raise RequestError(400, f"unknown form fields {sorted(unknown)} (known: frame, motion, depth)")
+            if "frame" not in form or not hasattr(form["frame"], "read"):
+                raise RequestError(400, "multipart body needs a file part 'frame'")
+            part = form["frame"]
+            lr = decode_frame(part.content_type or "", await part.read(), headers, self.cfg.max_pixels)
+            size = lr.shape[-2:]
+            for name in ("motion", "depth"):
+                if name in form:
+                    if not hasattr(form[name], "read"):
+                        raise RequestError(400, f"{name}: must be a file part (raw float32 bytes)")
+                    data = await form[name].read()
+                    plane = decode_plane(data, name, 2 if name == "motion" else 1, size)
+                    motion, depth = (plane, depth) if name == "motion" else (motion, plane)
+        else:
+            lr = decode_frame(content_type, await request.body(), headers, self.cfg.max_pixels)
+        h, w = lr.shape[-2:]
+        return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")),
+                "motion": motion if motion is not None else np.zeros((2, h, w), np.float32),
+                "depth": depth if depth is not None else np.zeros((1, h, w), np.float32),
+                "session": headers.get("X-Session-Id")}
+
+
+def build_app(args: dict | None = None):
+    """Serve application builder: `serve run serve.app:app` or serve/config.yaml's args."""
+    import ray
+
+    try:
+        cfg = ServeAppConfig.model_validate(args or {})
+    except ValidationError as err:
+        raise ConfigError(f"serve app args: {err}") from None
+    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    upscalers = {}
+    for tier, tier_cfg in cfg.tiers.items():
+        resource = f"tier_{tier}"
+        options: dict = {"num_cpus": tier_cfg.num_cpus, "num_gpus": tier_cfg.num_gpus}
+        if cfg.pin_to_tier_workers == "required" or (cfg.pin_to_tier_workers == "auto" and resource in resources):
+            options["resources"] = {resource: tier_cfg.tier_resource}
+        elif cfg.pin_to_tier_workers == "auto":
+            print(f"serve: the cluster has no {resource} resource; {tier} replicas run on any worker")
+        upscalers[tier] = Upscaler.options(name=f"upscaler_{tier}", num_replicas=tier_cfg.replicas,
+                                           ray_actor_options=options).bind(tier, tier_cfg.model_dump(),
+                                                                           cfg.model_dump(mode="json"))
+    return Gateway.bind(upscalers, cfg.model_dump(mode="json"))

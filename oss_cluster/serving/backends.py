@@ -1,0 +1,99 @@
+"""Inference backends for one exported student: TensorRT on GPU workers, ONNX Runtime elsewhere.
+
+Both run one recurrent step on a batch: inputs {name: float32 array} as in oss_cluster/export.py
+(lr [B,3,h,w], depth [B,1,h,w], jitter [B,2], motion [B,2,h,w], disocclusion [B,1,h,w],
+previous [B,3,H,W]) -> output float32 [B,3,H,W].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..export import INPUT_NAMES, OUTPUT_NAME, onnx_bytes, tensorrt_unavailable, verified_bytes
+from ..storage import Storage
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, onnx: bytes, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {name: inputs[name] for name in INPUT_NAMES})[0]
+
+
+class TensorRTBackend:
+    """A deserialized TensorRT engine run on the current CUDA device through torch tensors."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine: bytes):
+        import tensorrt as trt
+        import torch
+
+        self.torch = torch
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(engine)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialize the engine (built for another GPU or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        self.version = trt.__version__
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        device = torch.device("cuda")
+        tensors = {name: torch.from_numpy(inputs[name]).to(device).contiguous() for name in INPUT_NAMES}
+        for name, tensor in tensors.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
+        output = torch.empty(shape, device=device, dtype=torch.float32)
+        self.context.set_tensor_address(OUTPUT_NAME, output.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return output.cpu().numpy()
+
+
+def load_backend(manifest: dict, storage: Storage | None, prefer: str = "auto", threads: int = 1):
+    """The backend for an exported student: TensorRT when the manifest has an engine and this worker can
+    run it (prefer 'auto' or 'tensorrt'), else ONNX Runtime. Files are checked against their sha256."""
+    engines = {k: v for k, v in manifest.get("tensorrt", {}).items() if isinstance(v, dict)}
+    if prefer in ("auto", "tensorrt") and engines and tensorrt_unavailable() is None:
+        entry = engines.get("fp16") or next(iter(engines.values()))
+        return TensorRTBackend(verified_bytes(storage, entry))
+    if prefer == "tensorrt":
+        why = tensorrt_unavailable() or "the manifest lists no TensorRT engine"
+        raise RuntimeError(f"backend 'tensorrt' requested but unavailable: {why}")
+    onnx = manifest["files"]["onnx"]
+    data = verified_bytes(storage, onnx) if storage is not None else onnx["data"]
+    return OnnxRuntimeBackend(data, threads)
+
+
+def untrained_manifest(model_name: str, ratio: float) -> dict:
+    """An in-memory 'export' of an untrained student (development and latency tests: timing does not
+    depend on the weights). Its version says so."""
+    import torch
+
+    from ..models import build_model
+    from ..models.student import STUDENT_TIERS
+
+    if model_name not in STUDENT_TIERS:
+        raise ValueError(f"{model_name!r} is not a student ({', '.join(sorted(STUDENT_TIERS))})")
+    torch.manual_seed(0)
+    model = build_model(model_name).eval()
+    h, w = 16, 24
+    H, W = round(h * ratio), round(w * ratio)
+    sample = (torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
+              torch.ones(1, 1, h, w), torch.zeros(1, 3, H, W))
+    data = onnx_bytes(model, sample)
+    return {"tier": STUDENT_TIERS[model_name], "model": model_name, "ratio": ratio, "source_run": "untrained",
+            "files": {"onnx": {"data": data, "bytes": len(data), "sha256": None}}, "tensorrt": {}}

@@ -1,0 +1,157 @@
+"""The real Serve app on the session's Ray instance, called over HTTP with real (synthetic) frames."""
+
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oss_cluster.data.synth import synth_windows
+from oss_cluster.serving.backends import OnnxRuntimeBackend, untrained_manifest
+from oss_cluster.serving.codec import encode_png, to_uint8
+
+RATIO = 1.5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_local):
+    from ray import serve
+
+    from oss_cluster.serving.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({"tiers": {"pico": {"model": "student_pico", "ratio": RATIO, "num_cpus": 0.5}},
+                     "max_pixels": 64 * 64, "max_batch_size": 4})
+    serve.run(app, name="oss", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()  # free the CPUs for the training tests that share this Ray instance
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Three consecutive real frames (render 32x48 for a 48x72 output), as PNG and arrays."""
+    window = next(iter(synth_windows(3, RATIO, (48, 72), 3, 3, seed=5, objects=2)))
+    arrays = window.arrays()
+    return [{"lr": arrays["lr"][k].astype(np.float32), "motion": arrays["motion"][k].astype(np.float32),
+             "depth": arrays["depth"][k].astype(np.float32), "jitter": arrays["jitter"][k].astype(np.float32)}
+            for k in range(3)]
+
+
+def post(url, body: bytes, headers: dict, path="/v1/upscale"):
+    request = urllib.request.Request(url + path, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def get_json(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def png_of(frame) -> bytes:
+    return encode_png(to_uint8(frame["lr"]))
+
+
+def multipart(frame) -> tuple[bytes, str]:
+    boundary = "oss-test-boundary"
+    parts = [("frame", "image/png", png_of(frame)),
+             ("motion", "application/octet-stream", frame["motion"].transpose(1, 2, 0).astype("<f4").tobytes()),
+             ("depth", "application/octet-stream", frame["depth"].transpose(1, 2, 0).astype("<f4").tobytes())]
+    body = b""
+    for name, kind, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
+                 f"Content-Type: {kind}\r\n\r\n").encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_health_and_models(endpoint):
+    assert get_json(endpoint, "/healthz") == {"status": "ok", "tiers": ["pico"]}
+    models = get_json(endpoint, "/v1/models")
+    (pico,) = models["models"]
+    assert pico["tier"] == "pico" and pico["ratio"] == RATIO and pico["backend"] == "onnxruntime"
+    assert pico["source_run"] == "untrained" and models["versions"]["ray"]
+
+
+def test_png_stream_with_session_matches_in_process_inference(endpoint, frames):
+    backend = OnnxRuntimeBackend(untrained_manifest("student_pico", RATIO)["files"]["onnx"]["data"])
+    previous = np.zeros((1, 3, 48, 72), np.float32)
+    for k, frame in enumerate(frames):
+        body, content_type = multipart(frame)
+        status, headers, data = post(endpoint, body, {"Content-Type": content_type, "X-Session-Id": "stream-1",
+                                                      "X-Jitter": f"{frame['jitter'][0]},{frame['jitter'][1]}"})
+        assert status == 200, data
+        assert headers["x-history"] == ("continued" if k else "new")
+        got = np.asarray(Image.open(io.BytesIO(data)))
+        assert got.shape == (48, 72, 3)
+        # The same step in-process, on the frame as the server decoded it (8-bit PNG) and its own history.
+        lr = np.asarray(Image.open(io.BytesIO(png_of(frame))), np.float32).transpose(2, 0, 1)[None] / 255
+        inputs = {"lr": lr, "depth": frame["depth"][None], "jitter": frame["jitter"][None],
+                  "motion": frame["motion"][None], "disocclusion": np.full((1, 1, 32, 48), 0.0 if k else 1.0, np.float32),
+                  "previous": previous}
+        previous = backend.run(inputs)
+        assert np.abs(got.astype(int) - to_uint8(previous[0]).astype(int)).max() <= 1
+
+
+def test_raw_rgb_in_and_out(endpoint, frames):
+    rgb = to_uint8(frames[0]["lr"])
+    status, headers, data = post(endpoint, rgb.tobytes(), {
+        "Content-Type": "application/octet-stream", "X-Width": "48", "X-Height": "32", "X-Format": "rgb8",
+        "Accept": "application/octet-stream"})
+    assert status == 200 and headers["x-format"] == "rgb8"
+    assert len(data) == int(headers["x-width"]) * int(headers["x-height"]) * 3 == 72 * 48 * 3
+
+
+def test_bad_requests_get_4xx_json_and_the_replica_stays_healthy(endpoint, frames):
+    good = png_of(frames[0])
+    raw = to_uint8(frames[0]["lr"]).tobytes()
+    nan_motion = np.full((32, 48, 2), np.nan, "<f4").tobytes()
+    body, content_type = multipart(frames[0])
+    bad = [
+        (b"definitely not a png", {"Content-Type": "image/png"}, 400, "not a readable PNG"),
+        (good, {"Content-Type": "text/plain"}, 415, "Content-Type"),
+        (b"", {"Content-Type": "image/png"}, 400, "empty body"),
+        (encode_png(np.zeros((80, 80, 3), np.uint8)), {"Content-Type": "image/png"}, 413, "maximum"),
+        (raw, {"Content-Type": "application/octet-stream", "X-Width": "48"}, 400, "X-Height"),
+        (raw, {"Content-Type": "application/octet-stream", "X-Width": "47", "X-Height": "32"}, 400, "needs"),
+        (raw, {"Content-Type": "application/octet-stream", "X-Width": "48", "X-Height": "32", "X-Format": "bgr16"},
+         415, "X-Format"),
+        (good, {"Content-Type": "image/png", "X-Tier": "ultra"}, 404, "unknown tier"),
+        (good, {"Content-Type": "image/png", "X-Jitter": "nan,0"}, 400, "X-Jitter"),
+        (body.replace(frames[0]["motion"].transpose(1, 2, 0).astype("<f4").tobytes(), nan_motion),
+         {"Content-Type": content_type}, 422, "NaN"),
+        (body.replace(frames[0]["depth"].transpose(1, 2, 0).astype("<f4").tobytes(), b"\0" * 12),
+         {"Content-Type": content_type}, 422, "depth"),
+        (b"--x\r\nbroken", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "frame"),
+    ]
+    for data, headers, status, words in bad:
+        code, _, reply = post(endpoint, data, headers)
+        assert code == status, (headers, reply)
+        assert words in json.loads(reply)["error"], reply
+    status, _, data = post(endpoint, good, {"Content-Type": "image/png"})
+    assert status == 200 and Image.open(io.BytesIO(data)).size == (72, 48)
+    assert get_json(endpoint, "/healthz")["status"] == "ok"
+
+
+def test_concurrent_requests_are_batched(endpoint, frames):
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = png_of(frames[1])
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: post(endpoint, good, {"Content-Type": "image/png"}), range(16)))
+    assert all(status == 200 for status, _, _ in replies)
+    assert max(int(headers["x-batch-size"]) for _, headers, _ in replies) > 1
+    assert len({data for _, _, data in replies}) == 1  # no session: same frame, same output
