@@ -74,6 +74,8 @@ def ray_local():
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     subprocess.run([ray_bin, "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    # The target-hardware resources cluster.yaml's tier node types carry (Serve pins to them).
+                    '--resources={"tier_pico": 4, "tier_standard": 4, "tier_heavy": 4}',
                     "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
                     "--disable-usage-stats"],

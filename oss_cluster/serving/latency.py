@@ -1,0 +1,146 @@
+"""Per-tier latency of the shipped students against the tier targets, in-process and over HTTP.
+
+For each tier: frames at the tier's render resolution (times `scale`) are upscaled by its student,
+(a) in-process through the same backend the Serve replicas use and (b) over HTTP through the Serve
+endpoint, from a Ray task that asks for the tier's custom resource (`tier_<tier>`) when the cluster
+has it, so it runs on that tier's target-hardware worker. Reported: p50/p95/p99 ms, pass/fail against
+the tier's latency target, and a roofline estimate: student FLOPs per frame / (the target hardware's
+peak x the assumed efficiency), so a CPU measurement and the target can be read side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import numpy as np
+
+from ..tiers import TIERS
+
+
+def student_flops_per_frame(model_name: str, size: tuple[int, int], ratio: float) -> float:
+    """FLOPs of one recurrent step at render size (w, h), counted by torch plus the resampling allowance."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models import build_model
+    from ..models.temporal import RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
+
+    # Count at a small size and scale by pixels (every layer is per-pixel; counting at 4K is slow).
+    w, h = 128, 72
+    H, W = round(h * ratio), round(w * ratio)
+    model = build_model(model_name).eval()
+    inputs = (torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
+              torch.zeros(1, 1, h, w), torch.rand(1, 3, H, W))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*inputs)
+    per_output_pixel = counter.get_total_flops() / (H * W) + RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
+    out_w, out_h = round(size[0] * ratio), round(size[1] * ratio)
+    return per_output_pixel * out_w * out_h
+
+
+def roofline_ms(tier_name: str, flops: float) -> float:
+    tier = TIERS[tier_name]
+    return flops / (tier.peak_tflops * 1e12 * tier.efficiency) * 1e3
+
+
+def percentiles(samples_ms: list[float]) -> dict:
+    values = np.asarray(samples_ms)
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "p99": float(np.percentile(values, 99)), "n": int(values.size)}
+
+
+def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale: float, frames: int, warmup: int,
+                 url: str | None, threads: int) -> dict:
+    """Runs on the tier's worker: in-process and HTTP latencies of `frames` frames after `warmup`."""
+    import platform
+    import socket
+
+    from ..storage import storage_from_config
+    from ..config import StorageConfig
+    from .backends import load_backend
+    from .codec import encode_png, to_uint8
+
+    tier = TIERS[tier_name]
+    storage = storage_from_config(StorageConfig.model_validate(storage_cfg)) if storage_cfg else None
+    backend = load_backend(manifest, storage, threads=threads)
+    ratio = float(manifest["ratio"])
+    w, h = max(8, round(tier.input_size[0] * scale)), max(8, round(tier.input_size[1] * scale))
+    H, W = round(h * ratio), round(w * ratio)
+    rng = np.random.default_rng(0)
+    lr = rng.random((1, 3, h, w), dtype=np.float32)
+    inputs = {"lr": lr, "depth": np.ones((1, 1, h, w), np.float32), "jitter": np.zeros((1, 2), np.float32),
+              "motion": np.zeros((1, 2, h, w), np.float32), "disocclusion": np.zeros((1, 1, h, w), np.float32),
+              "previous": np.zeros((1, 3, H, W), np.float32)}
+    in_process = []
+    for index in range(warmup + frames):
+        started = time.perf_counter()
+        inputs["previous"] = backend.run(inputs)
+        if index >= warmup:
+            in_process.append((time.perf_counter() - started) * 1e3)
+    result = {"tier": tier_name, "backend": backend.name, "render_size": [w, h], "output_size": [W, H],
+              "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
+              "in_process_ms": percentiles(in_process)}
+    if url:
+        body = encode_png(to_uint8(lr[0]))
+        http = []
+        for index in range(warmup + frames):
+            request = urllib.request.Request(f"{url}/v1/upscale?tier={tier_name}", data=body, method="POST",
+                                             headers={"Content-Type": "image/png", "X-Session-Id": "latency"})
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=600) as response:
+                response.read()
+            if index >= warmup:
+                http.append((time.perf_counter() - started) * 1e3)
+        result["http_ms"] = percentiles(http)
+    return result
+
+
+def run_latency(tiers: list[str], manifests: dict[str, dict], storage_cfg: dict | None, scale: float = 1.0,
+                frames: int = 20, warmup: int = 3, url: str | None = None, threads: int = 1) -> list[dict]:
+    """Measure each tier on a Ray task pinned to its target-hardware worker (when the cluster has one)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    rows = []
+    for tier_name in tiers:
+        resource = f"tier_{tier_name}"
+        # A small logical CPU share, so the task fits beside the tier's Serve replicas on a small
+        # worker; it uses `threads` real threads either way.
+        options = {"num_cpus": 0.25}
+        if resource in resources:
+            options["resources"] = {resource: 0.01}
+        task = ray.remote(measure_tier).options(**options)
+        row = ray.get(task.remote(tier_name, manifests[tier_name], storage_cfg, scale, frames, warmup, url, threads))
+        tier = TIERS[tier_name]
+        ratio = float(manifests[tier_name]["ratio"])
+        flops = student_flops_per_frame(manifests[tier_name]["model"], tuple(row["render_size"]), ratio)
+        full_flops = student_flops_per_frame(manifests[tier_name]["model"], tier.input_size, ratio)
+        row.update(pinned=resource in resources, target_ms=tier.latency_ms, hardware=tier.reference_gpu,
+                   flops_per_frame=flops, roofline_target_ms=roofline_ms(tier_name, full_flops),
+                   scale=scale, source_run=manifests[tier_name].get("source_run"))
+        measured = row["in_process_ms"]["p99"]
+        row["pass"] = bool(scale == 1.0 and measured <= tier.latency_ms)
+        row["verdict"] = ("PASS" if row["pass"] else "FAIL") if scale == 1.0 else "n/a (scaled)"
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = (f"{'tier':9s} {'backend':11s} {'render':>10s} {'in-proc p50/p95/p99 ms':>24s} {'HTTP p50/p95/p99 ms':>24s} "
+              f"{'target':>7s} {'verdict':>12s} {'roofline on target':>20s}  worker")
+    lines = [header]
+    for row in rows:
+        p = row["in_process_ms"]
+        http = row.get("http_ms")
+        http_text = f"{http['p50']:.1f}/{http['p95']:.1f}/{http['p99']:.1f}" if http else "-"
+        lines.append(f"{row['tier']:9s} {row['backend']:11s} {row['render_size'][0]:>5d}x{row['render_size'][1]:<4d} "
+                     f"{p['p50']:>10.1f}/{p['p95']:.1f}/{p['p99']:.1f} {http_text:>24s} {row['target_ms']:>5.1f}ms "
+                     f"{row['verdict']:>12s} {row['roofline_target_ms']:>9.3f} ms ({row['hardware']})  "
+                     f"{row['host']}{' [tier_' + row['tier'] + ']' if row['pinned'] else ''}")
+    return "\n".join(lines)
+
+
+def dumps(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=2)
