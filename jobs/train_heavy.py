@@ -2,7 +2,7 @@
 
     python jobs/train_heavy.py --smoke                      # local Ray instance, a few minutes on 2 CPUs
     ray job submit --working-dir . -- python jobs/train_heavy.py --smoke
-    python jobs/train_heavy.py --config configs/heavy.yaml --set train.steps=2000
+    python jobs/train_heavy.py --config configs/heavy.yaml --set train.steps=2000   # on cluster.yaml's heavy_trainer nodes
     python jobs/train_heavy.py --run-name hat-v0.1-heavy-003   # resume that run from its last checkpoint
 
 Without --config the embedded defaults are used (synthetic data rendered into shards, storage

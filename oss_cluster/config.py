@@ -90,6 +90,8 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 200
     num_workers: PositiveInt = 2
     use_gpu: bool = False
+    # Custom resources per worker, e.g. {trainer_heavy: 0.125}: pins workers to cluster.yaml's trainer node types.
+    worker_resources: dict[str, PositiveFloat] = Field(default_factory=dict)
     max_failures: NonNegativeInt = 2
     seed: int = 0
 

@@ -28,7 +28,7 @@ import yaml
 from .config import ConfigError, ExperimentConfig, config_to_dict, with_absolute_storage
 from .runs import RunRegistry
 from .storage import Storage, storage_from_config
-from .train.distributed import ensure_dataset, train_distributed
+from .train.distributed import check_worker_resources, cluster_node_types, ensure_dataset, train_distributed
 
 SWEEPS_PREFIX = "sweeps"
 TUNE_FOLDER = "tune"
@@ -105,7 +105,7 @@ def run_trial(params: dict, base: dict) -> None:
     cfg = trial_config(base_cfg, params[FUSION_KEY], params[RATIO_KEY], steps=base_cfg.tune.max_steps)
     storage = storage_from_config(cfg.storage)
     run = RunRegistry(storage).allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg),
-                                        node_types={os.environ.get("OSS_NODE_TYPE", "local"): 1})
+                                        node_types=cluster_node_types())
     print(f"trial: {FUSION_KEY}={params[FUSION_KEY]:.4g} {RATIO_KEY}={params[RATIO_KEY]:g} -> run {run.name}", flush=True)
     train_distributed(cfg, run_name=str(run.name), callbacks=[_forwarder(cfg.tune.metric, str(run.name))])
 
@@ -227,6 +227,7 @@ def run_sweep(cfg: ExperimentConfig, name: str | None = None, log=print) -> Swee
         raise SweepExistsError(f"sweep {name!r} already has results at {sweep.uri}; choose another --name")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    check_worker_resources(cfg)
     # Render each ratio's dataset once, here, so concurrent trials never build the same shards.
     for ratio in cfg.tune.ratios:
         ensure_dataset(trial_config(cfg, cfg.tune.fusion_magnitude_min, ratio), storage, log)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, config_to_dict, with_absolute_storage
+from ..config import ConfigError, ExperimentConfig, config_to_dict, with_absolute_storage
 from ..checkpoints import latest_checkpoint, load_model
 from ..data.build import build_dataset
 from ..data.shards import MANIFEST, ShardDataset
@@ -94,7 +94,35 @@ def _worker_metrics():
         "eval_psnr": Gauge("oss_eval_psnr_rgb", "held-out PSNR (RGB, border-cropped)", tag_keys=keys),
         "canvas_contribution": Gauge("oss_eval_canvas_contribution", "mean |output - output with canvas zeroed|",
                                      tag_keys=keys),
+        "spend_usd": Gauge("oss_job_spend_usd", "accumulated spend of the run's node types since it started (USD)",
+                           tag_keys=keys),
     }
+
+
+def cluster_node_types() -> dict[str, int]:
+    """cluster.yaml node types alive in the Ray cluster (each carries oss_node_<type>: 1), without the head;
+    outside such a cluster: {$OSS_NODE_TYPE or 'local': 1}."""
+    import ray
+
+    counts: dict[str, int] = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        for resource in node.get("Resources", {}):
+            if resource.startswith("oss_node_") and resource != "oss_node_head":
+                name = resource[len("oss_node_"):]
+                counts[name] = counts.get(name, 0) + 1
+    return counts or {os.environ.get("OSS_NODE_TYPE", "local"): 1}
+
+
+def hourly_spend_rate(node_types: dict[str, int]) -> tuple[float, list[str]]:
+    """USD per hour of the node types (cost/aws_vms.csv prices of cluster.yaml's instance types)."""
+    from ..cost.catalog import CostError, hourly_price, load_catalog, load_node_types
+
+    try:
+        return hourly_price(node_types, load_catalog(), load_node_types())
+    except (CostError, OSError) as err:  # no catalog next to the code: spend stays 0, and says why
+        return 0.0, [f"{name} ({err})" for name in node_types]
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -139,6 +167,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     mine = list(range(rank * n // world, (rank + 1) * n // world)) or [rank % n]
     run = RunRegistry(storage).open(loop_config["run_name"]) if rank == 0 else None
     metrics = _worker_metrics() if rank == 0 else None
+    spend_rate, _ = hourly_spend_rate(loop_config["node_types"]) if rank == 0 else (0.0, [])
     tags = {"run": loop_config["run_name"]}
     heldout = heldout_sequences(cfg, frames=loop_config["eval_frames"]) if rank == 0 else []
     if rank == 0 and hasattr(model, "extrapolate"):  # canvas models: OSS-FX against the true mid frames
@@ -179,6 +208,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             run.log_step(step, **{k: v for k, v in report.items() if k != "step"})
             for key in ("loss", "lr", "samples_per_s", "step_time_s"):
                 metrics[key].set(report[key], tags=tags)
+            metrics["spend_usd"].set(spend_rate * _hours_since(run.record.get("started_at")), tags=tags)
         if rank == 0 and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
             report.update(_evaluate_and_draw(engine.module, heldout, run, step, metrics, tags))
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
@@ -201,6 +231,32 @@ def initial_student(storage: Storage, cfg: ExperimentConfig):
     except (ValueError, TypeError) as err:
         raise ValueError(f"distill.init_from_run={cfg.distill.init_from_run} ({source_cfg.model.name}) cannot be "
                          f"expanded to {cfg.model.name} by Net2Net: {err}") from None
+
+
+def check_worker_resources(cfg: ExperimentConfig) -> None:
+    """Fail now, not wait forever, when no node has the custom resources the workers ask for."""
+    import ray
+
+    missing = sorted(set(cfg.train.worker_resources) - set(ray.cluster_resources()))
+    if missing:
+        raise ConfigError(f"train.worker_resources asks for {missing}, which no node of this Ray cluster has "
+                          "(cluster.yaml's trainer node types carry them); on a local machine add "
+                          "--set train.worker_resources={}")
+
+
+def worker_resources(cfg: ExperimentConfig, use_gpu: bool) -> dict | None:
+    """Ray Train's resources_per_worker: one CPU (and GPU) plus the config's custom resources."""
+    if not cfg.train.worker_resources:
+        return None  # Ray Train's default: 1 CPU, or 1 GPU with use_gpu
+    return {"CPU": 1, **({"GPU": 1} if use_gpu else {}), **cfg.train.worker_resources}
+
+
+def _hours_since(iso_time: str | None) -> float:
+    from datetime import datetime, timezone
+
+    if not iso_time:
+        return 0.0
+    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(iso_time)).total_seconds() / 3600)
 
 
 def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
@@ -242,6 +298,7 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     cfg = with_absolute_storage(cfg)
+    check_worker_resources(cfg)
     storage = storage_from_config(cfg.storage)
     # Distillation inputs must exist before any worker starts (CheckpointError names what is missing).
     sources = {label: latest_checkpoint(storage, name) for label, name in
@@ -250,11 +307,12 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
         initial_student(storage, cfg)  # ValueError now, naming both models, if Net2Net cannot grow it
     dataset = ensure_dataset(cfg, storage, log)
     registry = RunRegistry(storage)
-    node_types = {os.environ.get("OSS_NODE_TYPE", "local"): 1}
+    node_types = cluster_node_types()
     if run_name and str(RunName.parse(run_name)) in {str(n) for n in registry.names()}:
         run = registry.open(run_name)
         if run.record.get("status") != "created":  # a sweep trial allocates its name before training
             log(f"resuming run {run.name}")
+        run.set_node_types(node_types)
     elif run_name:
         run = registry.create(run_name, config=config_to_dict(cfg), node_types=node_types)
     else:
@@ -268,9 +326,11 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_name": str(run.name), "dataset_prefix": prefix,
+                           "node_types": node_types,
                            "eval_frames": eval_frames or cfg.train.eval_frames},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=worker_resources(cfg, use_gpu)),
         run_config=RunConfig(
             name=RAY_FOLDER, storage_path=storage.arrow_path(run.prefix), storage_filesystem=storage.arrow_filesystem(),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),

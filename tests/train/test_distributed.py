@@ -109,21 +109,27 @@ def test_run_with_s3_storage(tmp_path, ray_local, s3_endpoint, s3_uri):
     assert store.exists(record["artefacts"]["latest_strip"])
 
 
-def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_local):
+def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_local, monkeypatch):
     import urllib.request
 
+    # Price the run as if on cluster.yaml's heavy_trainer node (a spot p4d.24xlarge): the spend gauge moves.
+    monkeypatch.setenv("OSS_NODE_TYPE", "heavy_trainer")
     cfg = tiny(tmp_path, "train.steps=30", "train.eval_every=1000", "train.checkpoint_every=1000")
     found: list = []
+    spend: list = []
     finished = threading.Event()
 
     def scrape():
         deadline = time.time() + 600
-        while time.time() < deadline and not found:
+        while time.time() < deadline and not (found and spend):
             try:
                 text = urllib.request.urlopen(ray_local.metrics_url, timeout=5).read().decode()
             except OSError:
                 text = ""
             found.extend(line for line in text.splitlines() if "oss_train_loss" in line and not line.startswith("#"))
+            spend.extend(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("ray_oss_job_spend_usd") or line.startswith("oss_job_spend_usd"))
+            spend[:] = [value for value in spend if value > 0]
             if finished.is_set() and time.time() > finish_time + 60:
                 return
             time.sleep(1)
@@ -137,6 +143,9 @@ def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_loca
     scraper.join()
     assert found, "oss_train_loss never appeared on the Prometheus endpoint"
     assert any(name in line for line in found)  # tagged with the run name
+    assert spend, "oss_job_spend_usd never rose above 0 on the Prometheus endpoint"
+    record = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")
+    assert record["node_types"] == {"heavy_trainer": 1}
 
 
 def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local):
