@@ -108,8 +108,8 @@ def test_report_and_memo_from_a_real_smoke_run(files, tmp_path, ray_local, monke
 
     monkeypatch.setenv("OSS_NODE_TYPE", "trainer")  # this process is priced as the plan's spot trainer node
     cfg = load_config(CONFIGS / "smoke.yaml", [f"storage.root={tmp_path / 'runs'}", "model.name=student_pico",
-                                               "data.out_size=[48,64]", "train.crop=32", "train.steps=3",
-                                               "train.eval_every=3", "train.checkpoint_every=3"])
+                                               "data.out_size=[48,64]", "train.crop=32", "train.steps=2",
+                                               "train.eval_every=2", "train.checkpoint_every=2"])
     name, _ = train_distributed(cfg)
     plan = yaml.safe_load(yaml.safe_dump(PLAN))
     plan["cycles"][0]["runs"] = [name]
