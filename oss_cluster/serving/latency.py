@@ -21,21 +21,13 @@ from ..tiers import TIERS
 
 def student_flops_per_frame(model_name: str, size: tuple[int, int], ratio: float) -> float:
     """FLOPs of one recurrent step at render size (w, h), counted by torch plus the resampling allowance."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..models import build_model
+    from ..cost.flops import step_flops
     from ..models.temporal import RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
 
     # Count at a small size and scale by pixels (every layer is per-pixel; counting at 4K is slow).
     w, h = 128, 72
     H, W = round(h * ratio), round(w * ratio)
-    model = build_model(model_name).eval()
-    inputs = (torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
-              torch.zeros(1, 1, h, w), torch.rand(1, 3, H, W))
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*inputs)
-    per_output_pixel = counter.get_total_flops() / (H * W) + RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
+    per_output_pixel = step_flops(model_name, (h, w), (H, W)) / (H * W) + RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
     out_w, out_h = round(size[0] * ratio), round(size[1] * ratio)
     return per_output_pixel * out_w * out_h
 
