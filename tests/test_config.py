@@ -2,16 +2,34 @@ from pathlib import Path
 
 import pytest
 
-from oss_cluster.config import ConfigError, ExperimentConfig, load_config
+from oss_cluster.config import ConfigError, ExperimentConfig, load_config, warmup_frames
+from oss_cluster.data.schema import jitter_phase_count
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["pico", "standard", "heavy", "canvas", "smoke"])
-def test_every_shipped_config_loads(name):
+@pytest.mark.parametrize("name", ["pico", "standard", "heavy", "canvas", "smoke", "distill_smoke", "tune_smoke"])
+def test_every_shipped_config_loads_and_trains_in_the_steady_state(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.tier in ("pico", "standard", "heavy")
+    # Warm-up + window spans a Halton jitter cycle and fits in a sequence, at every ratio the config trains.
+    for ratio in {cfg.data.ratio, *(cfg.tune.ratios if name.startswith("tune") else [])}:
+        frames = warmup_frames(cfg.train, ratio, cfg.data.window) + cfg.data.window
+        assert jitter_phase_count(ratio) <= frames <= cfg.data.frames_per_sequence, (ratio, frames)
+    assert cfg.train.eval_frames >= 32
+
+
+def test_warmup_frames_and_eval_frames():
+    cfg = load_config(None, ["data.ratio=1.5", "data.window=2"])
+    assert cfg.train.warmup_frames == "cycle" and warmup_frames(cfg.train, 1.5, 2) == 16
+    assert warmup_frames(load_config(None, ["train.warmup_frames=3"]).train, 2.0, 4) == 3
+    with pytest.raises(ConfigError, match="train.warmup_frames"):
+        load_config(None, ["train.warmup_frames=often"])
+    with pytest.raises(ConfigError, match="train.eval_frames"):
+        load_config(None, ["train.eval_frames=8"])
+    with pytest.raises(ConfigError, match="data.motion.*camera_speed"):
+        load_config(None, ["data.motion.camera_speed=[8, 2]"])
 
 
 def test_defaults_without_a_file():

@@ -31,7 +31,7 @@ def build_dataset(cfg: DataConfig, out: Storage, progress: bool = True) -> dict:
         )
         windows = synth_windows(
             cfg.frames, cfg.ratio, out_size, cfg.window, cfg.frames_per_sequence, cfg.seed, cfg.objects, cfg.gt_samples,
-            motion_scale=cfg.motion_scale,
+            motion_scale=cfg.motion_scale, motion=cfg.motion,
         )
         extra = {"sequences": sequences, "frames_per_sequence": per_sequence, "gt_samples": cfg.gt_samples}
     elif cfg.source == "tartanair":
@@ -67,6 +67,13 @@ def format_summary(manifest: dict, uri: str) -> str:
         f"bytes        {manifest['bytes']:,} ({manifest['bytes'] / 2**20:.1f} MiB)",
         f"mean motion  {manifest['mean_motion_px']:.3f} render px/frame",
     ]
+    percentiles = manifest.get("motion_percentiles_px") or {}
+    if percentiles:
+        ratio = manifest["ratio"]
+        cells = [(key, value) for key, value in percentiles.items() if key.startswith("p")]
+        lines.append("motion       render px/frame " + ", ".join(f"{key} {value:.2f}" for key, value in cells)
+                     + f"; still {percentiles['still_fraction']:.1%} of pixels")
+        lines.append("             output px/frame " + ", ".join(f"{key} {value * ratio:.2f}" for key, value in cells))
     for name, check in manifest.get("flow_check", {}).items():
         if check["pixels"]:
             lines.append(

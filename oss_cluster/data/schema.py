@@ -103,6 +103,18 @@ class Window(SampleArrays):
         stacked = {name: np.stack([getattr(f, name) for f in frames]) for name in FIELDS}
         return cls(**stacked, sequence=sequence, start=start, source=source)
 
+    @classmethod
+    def concat(cls, windows: list["Window"]) -> "Window":
+        """Consecutive windows of one sequence joined into one (the caller checks they are consecutive)."""
+        joined = {name: np.concatenate([getattr(w, name) for w in windows]) for name in FIELDS}
+        first = windows[0]
+        return cls(**joined, sequence=first.sequence, start=first.start, source=first.source)
+
+    def frames(self, first: int, stop: int | None = None) -> "Window":
+        """Frames [first, stop) of this window as a Window."""
+        picked = {name: getattr(self, name)[first:stop] for name in FIELDS}
+        return Window(**picked, sequence=self.sequence, start=self.start + first, source=self.source, meta=self.meta)
+
     @property
     def length(self) -> int:
         return int(self.lr.shape[0])

@@ -12,6 +12,7 @@ checksums, so a truncated or corrupt shard is an error naming the file, not garb
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -24,6 +25,10 @@ from .schema import FIELDS, SCHEMA_VERSION, DataError, Window, check_array, fiel
 
 MANIFEST = "manifest.json"
 SCHEMA_KEY = b"oss.schema_version"
+# Motion histogram bins for the build summary (render px/frame): the first bin is "still"; fine
+# steps where most pixels are, coarser up to 256 px.
+MOTION_BINS = np.concatenate([[0.0, 0.01], np.arange(0.05, 4.0, 0.05), np.arange(4.0, 32.0, 0.25), np.arange(32.0, 257.0, 1.0)])
+MOTION_PERCENTILES = (10, 25, 50, 75, 90, 99)
 
 
 def shard_key(index: int) -> str:
@@ -143,6 +148,7 @@ class ShardWriter:
         self.frames = 0
         self.motion_sum = 0.0
         self.motion_count = 0
+        self.motion_histogram = np.zeros(len(MOTION_BINS) - 1, np.int64)
 
     def add(self, item: Window) -> None:
         item.validate(f"{self.source} sequence {item.sequence} frame {item.start}", self.window, self.in_size, self.out_size)
@@ -151,6 +157,7 @@ class ShardWriter:
         magnitude = np.hypot(item.motion[:, 0], item.motion[:, 1])
         self.motion_sum += float(magnitude.sum())
         self.motion_count += magnitude.size
+        self.motion_histogram += np.histogram(np.clip(magnitude, 0, MOTION_BINS[-1] - 1e-6), MOTION_BINS)[0]
         if len(self.pending) >= self.windows_per_shard:
             self.flush()
 
@@ -159,13 +166,28 @@ class ShardWriter:
             return
         key = shard_key(len(self.shards))
         size = self.storage.write_bytes(key, encode_windows(self.pending, self.schema))
-        self.shards.append({"key": key, "windows": len(self.pending), "bytes": size})
+        # (sequence, start, frames) of every row: lets readers join a window with the frames before it
+        # (training warm-up, whole-sequence evaluation) without reading the shards first.
+        index = [[w.sequence, int(w.start), w.length] for w in self.pending]
+        self.shards.append({"key": key, "windows": len(self.pending), "bytes": size, "index": index})
         self.pending = []
 
     @property
     def mean_motion(self) -> float:
         """Mean motion-vector length over all render pixels written, in render pixels."""
         return self.motion_sum / self.motion_count if self.motion_count else 0.0
+
+    def motion_percentiles(self) -> dict[str, float]:
+        """Percentiles of the motion-vector length over all render pixels (render px/frame, from a
+        histogram of MOTION_BINS), and the share of still pixels."""
+        total = self.motion_histogram.sum()
+        if not total:
+            return {}
+        cumulative = np.cumsum(self.motion_histogram) / total
+        result = {f"p{q}": float(np.interp(q / 100, np.concatenate([[0.0], cumulative]), MOTION_BINS))
+                  for q in MOTION_PERCENTILES}
+        result["still_fraction"] = float(self.motion_histogram[0] / total)
+        return result
 
     def close(self, extra: dict | None = None) -> dict:
         self.flush()
@@ -183,6 +205,7 @@ class ShardWriter:
             "windows": sum(s["windows"] for s in self.shards),
             "bytes": sum(s["bytes"] for s in self.shards),
             "mean_motion_px": self.mean_motion,
+            "motion_percentiles_px": self.motion_percentiles(),
             "shards": self.shards,
             "config": self.config,
             **(extra or {}),
@@ -203,16 +226,40 @@ class ShardDataset:
         self.manifest = read_manifest(storage)
         chosen = [s for s in self.manifest["shards"] if shards is None or s["key"] in shards]
         self.index = [(s["key"], row) for s in chosen for row in range(s["windows"])]
-        self._cached: tuple[str, list[Window]] | None = None
+        self._chosen = chosen
+        self._keys: list[tuple[str, int, int]] | None = None
+        self._cached: OrderedDict[str, list[Window]] = OrderedDict()  # the last two shards read
 
     def __len__(self) -> int:
         return len(self.index)
 
     def window(self, item: int) -> Window:
         key, row = self.index[item]
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, read_shard(self.storage, key, self.manifest))
-        return self._cached[1][row]
+        if key not in self._cached:
+            self._cached[key] = read_shard(self.storage, key, self.manifest)
+            while len(self._cached) > 2:  # a window and the ones before it span at most two shards
+                self._cached.popitem(last=False)
+        self._cached.move_to_end(key)
+        return self._cached[key][row]
+
+    def keys(self) -> list[tuple[str, int, int]]:
+        """(sequence, start, frames) of every item: from the manifest, or (datasets built before it
+        recorded them) from each shard's sequence and start columns."""
+        if self._keys is None:
+            keys = []
+            for shard in self._chosen:
+                if "index" in shard:
+                    keys.extend((str(seq), int(start), int(length)) for seq, start, length in shard["index"])
+                    continue
+                where = self.storage.url(shard["key"])
+                try:
+                    table = pq.read_table(pa.BufferReader(self.storage.read_bytes(shard["key"])), columns=["sequence", "start"])
+                except (pa.ArrowException, OSError, FileNotFoundError) as err:
+                    raise DataError(f"{where}: cannot read its sequence and start columns: {err}") from None
+                keys.extend((seq, int(start), int(self.manifest["window"]))
+                            for seq, start in zip(table.column("sequence").to_pylist(), table.column("start").to_pylist()))
+            self._keys = keys
+        return self._keys
 
     def __getitem__(self, item: int) -> dict:
         import torch

@@ -1,11 +1,18 @@
 """Seeded synthetic game frames: a 2.5D layered scene rendered like a game engine feeds an upscaler.
 
-Scene: fronto-parallel textured layers at different depths seen by a pinhole camera that pans
-(x, y), dollies (z) and rolls about its optical axis; a far background plane, an optional fence of
-thin bars (sub-pixel geometry that aliases at render resolution) and independently moving,
-spinning objects (discs, boxes, rings, thin rods). Parallax between layers and object motion
-create disocclusions. Textures are photographs bundled with scikit-image plus fine procedural
-patterns, shaded in linear light and stored sRGB-encoded.
+Scene: fronto-parallel textured layers at different depths seen by a pinhole camera that moves
+like a game camera: it turns (yaw / pitch: the whole view slides, no parallax), strafes (x, y:
+parallax between layers), dollies (z) and rolls; a far background plane, an optional fence of thin
+bars (sub-pixel geometry that aliases at render resolution) and independently moving, spinning
+objects (discs, boxes, rings, thin rods) that cross the view and re-enter it. Parallax and object
+motion create disocclusions. Textures are photographs bundled with scikit-image plus fine
+procedural patterns, shaded in linear light and stored sRGB-encoded.
+
+Motion is drawn per scene from a `MotionConfig` (config `data.motion`), in OUTPUT pixels per frame whatever the output
+size: a fraction of scenes have a still camera; the others turn and strafe at log-uniform speeds
+(static to ~30 output px/frame, median several), with speed and heading drifting smoothly; each
+object moves at its own log-uniform screen speed (some stand still on screen, like a character the
+camera follows).
 
 Every quantity is a smooth function of continuous time t (in frames), so a frame can be rendered
 at fractional time t + alpha (ground truth for frame extrapolation), and motion vectors are exact:
@@ -31,6 +38,7 @@ import numba
 import numpy as np
 from PIL import Image
 
+from ..config import MotionConfig
 from .schema import Frame, Window, input_size_for, jitter_offset, srgb_decode, srgb_encode
 
 TEXTURE_SIZE = 512
@@ -168,6 +176,23 @@ class Wave:
         return self.amp * math.sin(self.freq * t + self.phase) + self.rate * t
 
 
+def _log_uniform(rng, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+def _drifting_path(rng, speed: float) -> tuple["Wave", "Wave"]:
+    """x(t), y(t) of a point moving at about `speed` per frame on a heading that drifts: a steady
+    velocity plus a slow oscillation of half its size (speed varies by up to +-50 %)."""
+    heading = rng.uniform(0, 2 * math.pi)
+    waves = []
+    for axis in (math.cos, math.sin):
+        freq = 2 * math.pi / rng.uniform(40, 160)
+        waves.append(Wave(amp=0.5 * speed / freq, freq=freq, phase=rng.uniform(0, 2 * math.pi),
+                          rate=speed * axis(heading)))
+    return waves[0], waves[1]
+
+
 @dataclass
 class Layer:
     """A textured fronto-parallel shape at world depth `z` with its own motion in the plane."""
@@ -185,6 +210,9 @@ class Layer:
     spin: Wave = None
     tex_offset: tuple[float, float] = (0.0, 0.0)
     base: tuple[float, float] = (0.0, 0.0)  # world (x, y) about which x and y oscillate
+    # Objects move in screen space (output pixels): centre = base + (x(t), y(t)), wrapped around
+    # the view (re-entering from the other side once fully off-screen).
+    on_screen: bool = False
 
     def bound(self) -> float:
         """Bounding radius in local units."""
@@ -199,12 +227,13 @@ class SynthScene:
     """One seeded scene; `render_frame(k)` gives frame k, `render_gt(t)` the ground truth at any time."""
 
     def __init__(self, out_size: tuple[int, int], ratio: float, seed: int, objects: int = 5, gt_samples: int = 16,
-                 motion_scale: float = 1.0):
+                 motion_scale: float = 1.0, motion: MotionConfig | None = None):
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.in_size = input_size_for(self.out_size, ratio)
         self.ratio = float(ratio)
         self.seed = int(seed)
         self.motion_scale = float(motion_scale)  # plays the scene this many times faster
+        self.motion = motion or MotionConfig()
         self.gt_side = int(round(math.sqrt(gt_samples)))
         if self.gt_side**2 != gt_samples or gt_samples < 16:
             raise ValueError(f"gt_samples must be a square number >= 16, got {gt_samples}")
@@ -229,17 +258,19 @@ class SynthScene:
         height, width = self.out_size
         n_textures = self.textures.shape[0]
         mid_depth = 8.0
-        # Camera: pan speeds up to ~6 output px/frame at mid depth, dolly, roll; all bounded in time.
-        def pan() -> Wave:
-            period = rng.uniform(60, 200)
-            freq = 2 * math.pi / period
-            speed_px = rng.uniform(0.3, 6.0) * width / 640
-            return Wave(amp=speed_px * mid_depth / self.focal / freq, freq=freq, phase=rng.uniform(0, 2 * math.pi))
-
-        self.cam_x, self.cam_y = pan(), pan()
-        self.cam_y.amp *= 0.5
-        self.cam_z = Wave(amp=rng.uniform(0.0, 1.5), freq=2 * math.pi / rng.uniform(80, 240), phase=rng.uniform(0, 6.3))
-        self.cam_roll = Wave(amp=rng.uniform(0.0, 0.15), freq=2 * math.pi / rng.uniform(80, 240), phase=rng.uniform(0, 6.3))
+        profile = self.motion
+        # Camera. Turning slides the whole view (screen offset in output pixels, no parallax);
+        # strafing moves the camera in the world (screen speed focal * v / z: parallax); dolly and
+        # roll are slow oscillations. A still camera does none of these.
+        still = rng.random() < profile.static_fraction
+        turn = 0.0 if still else _log_uniform(rng, profile.camera_speed)
+        strafe = 0.0 if still else _log_uniform(rng, profile.strafe_speed)
+        self.turn_x, self.turn_y = _drifting_path(rng, turn)
+        self.cam_x, self.cam_y = _drifting_path(rng, strafe * mid_depth / self.focal)
+        self.cam_z = Wave(amp=0.0 if still else rng.uniform(0.0, 1.5), freq=2 * math.pi / rng.uniform(80, 240),
+                          phase=rng.uniform(0, 6.3))
+        self.cam_roll = Wave(amp=0.0 if still else rng.uniform(0.0, 0.15), freq=2 * math.pi / rng.uniform(80, 240),
+                             phase=rng.uniform(0, 6.3))
 
         layers = []
         background = int(rng.integers(0, len(_PHOTOS_RGB)))
@@ -265,7 +296,6 @@ class SynthScene:
             ))
         for _ in range(objects):
             z = rng.uniform(3.5, 15.0)
-            half_view = width / 2 / self.focal * z
             shape = int(rng.choice([SHAPE_DISC, SHAPE_BOX, SHAPE_RING, SHAPE_BOX], p=[0.3, 0.3, 0.2, 0.2]))
             radius = rng.uniform(0.05, 0.2) * width / self.focal * z
             param1 = {SHAPE_BOX: rng.uniform(0.3, 1.0), SHAPE_RING: rng.uniform(0.4, 0.8)}.get(shape, 0.0)
@@ -275,40 +305,55 @@ class SynthScene:
                 radius *= 2.0
                 spin_rate *= 2.0
             texture = int(rng.integers(0, n_textures))
-            period = rng.uniform(40, 160)
+            speed = 0.0 if rng.random() < profile.still_objects else _log_uniform(rng, profile.object_speed)
+            x, y = _drifting_path(rng, speed)
             layers.append(Layer(
                 z=z, shape=shape, radius=radius, texture=texture,
                 texel_scale=self._texels_per_unit(rng, radius, z), tint=self._tint(rng, texture),
-                param1=param1,
-                x=Wave(amp=rng.uniform(0.05, 0.35) * half_view, freq=2 * math.pi / period,
-                       phase=rng.uniform(0, 6.3)),
-                y=Wave(amp=rng.uniform(0.0, 0.25) * half_view, freq=2 * math.pi / period * rng.uniform(0.5, 1.5),
-                       phase=rng.uniform(0, 6.3)),
-                spin=Wave(phase=rng.uniform(0, 6.3), rate=spin_rate),
+                param1=param1, x=x, y=y, spin=Wave(phase=rng.uniform(0, 6.3), rate=spin_rate),
                 tex_offset=tuple(rng.uniform(0, TEXTURE_SIZE, 2)),
+                base=(rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height), on_screen=True,
             ))
-        # Base positions: spread objects over the view at their depth.
         for layer in layers[1:]:
-            half_w = width / 2 / self.focal * layer.z
-            half_h = height / 2 / self.focal * layer.z
-            layer.base = (rng.uniform(-0.6, 0.6) * half_w, rng.uniform(-0.6, 0.6) * half_h)
+            if not layer.on_screen:  # the fence: spread over the view at its depth
+                half_w = width / 2 / self.focal * layer.z
+                half_h = height / 2 / self.focal * layer.z
+                layer.base = (rng.uniform(-0.6, 0.6) * half_w, rng.uniform(-0.6, 0.6) * half_h)
         self.layers = sorted(layers, key=lambda layer: layer.z)  # near to far: first hit wins
 
     # -- per-time geometry ----------------------------------------------------------------------
+    def _object_centre(self, layer: Layer, t: float, reach: float) -> np.ndarray:
+        """Screen centre (output px) of an on-screen object, wrapped so it re-enters the view from the
+        other side only after leaving it completely (no surface jumps while visible)."""
+        height, width = self.out_size
+        margin = reach + 2.0
+        centre = []
+        for value, size in ((layer.base[0] + layer.x(t), width), (layer.base[1] + layer.y(t), height)):
+            span = size + 2 * margin
+            centre.append((value + margin) % span - margin)
+        return np.array(centre)
+
     def layer_table(self, t: float) -> np.ndarray:
         """Per-layer kernel parameters at time t: [L, LAYER_COLUMNS] float64, near to far."""
         t = t * self.motion_scale
         roll = self.cam_roll(t)
         camera_xy = np.array([self.cam_x(t), self.cam_y(t)])
+        turned = np.array([self.turn_x(t), self.turn_y(t)])  # the view slid this far (output px)
         cam_z = self.cam_z(t)
         table = np.zeros((len(self.layers), LAYER_COLUMNS))
         for row, layer in zip(table, self.layers):
             depth = layer.z - cam_z
             angle = layer.spin(t)
-            origin = np.array([layer.base[0] + layer.x(t), layer.base[1] + layer.y(t)])
-            # screen p -> world on the plane: C + R(roll) (p - c) depth / f; world -> local: R(-angle)(X - O) / r
             matrix = depth / (self.focal * layer.radius) * _rotation(roll - angle)
-            offset = -matrix @ self.centre + _rotation(-angle) @ (camera_xy - origin) / layer.radius
+            reach = layer.bound() * self.focal * layer.radius / depth
+            if layer.on_screen:
+                # screen p -> local: R(roll - angle) (p - centre(t)) depth / (f r)
+                offset = -matrix @ self._object_centre(layer, t, reach)
+            else:
+                # screen p -> world on the plane: C + R(roll) (p + turned - c) depth / f;
+                # world -> local: R(-angle)(X - O) / r
+                origin = np.array([layer.base[0] + layer.x(t), layer.base[1] + layer.y(t)])
+                offset = matrix @ (turned - self.centre) + _rotation(-angle) @ (camera_xy - origin) / layer.radius
             row[[A0, A1, A2]] = matrix[0, 0], matrix[0, 1], offset[0]
             row[[A3, A4, A5]] = matrix[1, 0], matrix[1, 1], offset[1]
             row[DEPTH], row[SHAPE], row[TEX] = depth, layer.shape, layer.texture
@@ -319,7 +364,6 @@ class SynthScene:
                 row[[XMIN, XMAX, YMIN, YMAX]] = -1e30, 1e30, -1e30, 1e30  # finite: the kernels use fastmath
             else:
                 centre = np.linalg.solve(matrix, -offset)
-                reach = layer.bound() * self.focal * layer.radius / depth
                 row[[XMIN, XMAX, YMIN, YMAX]] = centre[0] - reach, centre[0] + reach, centre[1] - reach, centre[1] + reach
         return table
 
@@ -383,6 +427,7 @@ class SynthScene:
 def synth_windows(
     frames: int, ratio: float, out_size: tuple[int, int], window: int, frames_per_sequence: int = 60,
     seed: int = 0, objects: int = 5, gt_samples: int = 16, first_sequence: int = 0, motion_scale: float = 1.0,
+    motion: MotionConfig | None = None,
 ) -> Iterator[Window]:
     """Windows of `window` consecutive frames over ceil(frames / frames_per_sequence) scenes.
 
@@ -392,7 +437,7 @@ def synth_windows(
     for index in range(first_sequence, first_sequence + sequences):
         length = min(frames_per_sequence, frames - (index - first_sequence) * frames_per_sequence)
         scene = SynthScene(out_size, ratio, seed * 100003 + index, objects=objects, gt_samples=gt_samples,
-                           motion_scale=motion_scale)
+                           motion_scale=motion_scale, motion=motion)
         name = f"synth-s{seed}-{index:05d}"
         for start in range(0, length - window + 1, window):
             rendered = [scene.render_frame(k) for k in range(start, start + window)]

@@ -1,7 +1,7 @@
 """Writes a small TartanAir trajectory in exactly the public layout, with flow computed independently.
 
 Scene: a wall at 5 m, a nearer box at 2.5 m and sky at 1000 m. Camera poses (NED, camera in world):
-frame 0 at the origin, frame 1 moved 0.125 m right, frames 2 and 3 yawed right by 2 and 4 degrees.
+frame 0 at the origin, frame 1 moved 0.125 m right, every later frame yawed right by 2 more degrees.
 Flow for a sideways move is -fx * dy / z (any depth); for a pure rotation it is the homography
 K R K^-1, computed here with an explicit rotation about the optical y axis, not with quaternions.
 """
@@ -17,9 +17,13 @@ from PIL import Image
 W, H, F = 640, 480, 320.0
 CX, CY = 320.0, 240.0
 STEP_RIGHT_M = 0.125  # wall (5 m) shifts 8 px, box (2.5 m) 16 px: whole pixels
-YAW_DEG = (0.0, 0.0, 2.0, 4.0)
+YAW_STEP_DEG = 2.0
 BOX = (slice(180, 300), slice(250, 390))  # rows, cols of the near box
 INVALID = (slice(400, 440), slice(20, 120))  # flow-mask block marked invalid, filled with garbage flow
+
+
+def yaw_deg(frame: int) -> float:
+    return YAW_STEP_DEG * max(0, frame - 1)
 
 
 def depth_map(frame: int = 0) -> np.ndarray:
@@ -32,7 +36,7 @@ def depth_map(frame: int = 0) -> np.ndarray:
 
 
 def pose(frame: int) -> list[float]:
-    yaw = math.radians(YAW_DEG[frame])
+    yaw = math.radians(yaw_deg(frame))
     y = 0.0 if frame == 0 else STEP_RIGHT_M
     return [0.0, y, 0.0, 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)]
 
@@ -51,7 +55,7 @@ def expected_flow(frame: int, depth: np.ndarray) -> np.ndarray:
     if frame == 0:  # camera moves right: points shift left by fx * dy / z
         return np.stack([-F * STEP_RIGHT_M / depth, np.zeros_like(depth)], axis=-1).astype(np.float32)
     rows, cols = np.mgrid[0:H, 0:W].astype(np.float64)
-    du, dv = rotation_flow(math.radians(YAW_DEG[frame + 1] - YAW_DEG[frame]), cols, rows)
+    du, dv = rotation_flow(math.radians(yaw_deg(frame + 1) - yaw_deg(frame)), cols, rows)
     return np.stack([du, dv], axis=-1).astype(np.float32)
 
 

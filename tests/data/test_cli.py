@@ -15,11 +15,14 @@ def test_build_synth_prints_summary_and_refuses_overwrite(tmp_path):
             "--frames-per-sequence", "4", "--out", str(out)]
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr
-    for needle in ("frames       8 in 4 windows of 2", "43x32 -> 64x48", "shards       1", "mean motion", "bytes"):
+    for needle in ("frames       8 in 4 windows of 2", "43x32 -> 64x48", "shards       1", "mean motion", "bytes",
+                   "render px/frame p10", "output px/frame p10", "p50", "p99", "of pixels"):
         assert needle in done.stdout
     assert "frame/s" in done.stderr or "s/frame" in done.stderr  # the progress bar
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["frames"] == 8 and manifest["in_size"] == [32, 43]
+    percentiles = manifest["motion_percentiles_px"]
+    assert percentiles["p10"] <= percentiles["p50"] <= percentiles["p99"] and 0 <= percentiles["still_fraction"] <= 1
     again = run_cli(*args)
     assert again.returncode == 2 and "already holds a dataset" in again.stderr
     assert json.loads((out / "manifest.json").read_text()) == manifest

@@ -9,7 +9,11 @@ SIZE = (48, 64)  # (H, W) output: small so the tests stay fast
 
 @pytest.fixture(scope="module")
 def scene():
-    return SynthScene(SIZE, 2.0, seed=7, objects=4)
+    # Moderate motion (a few output px/frame): most pixels stay in view, so exactness is checked broadly.
+    from oss_cluster.config import MotionConfig
+
+    motion = MotionConfig(camera_speed=(1.0, 3.0), object_speed=(1.0, 3.0), static_fraction=0.0)
+    return SynthScene(SIZE, 2.0, seed=7, objects=4, motion=motion)
 
 
 def test_halton_jitter_sequence():
@@ -66,23 +70,25 @@ def test_ground_truth_averages_16_samples(scene):
     assert np.abs(gt.astype(np.float32) - centre).mean() > 1e-3
 
 
+def assert_motion_exact(scene, k: int) -> int:
+    """The surface under each pixel centre shows the same texel at centre + motion in the previous frame
+    (where the renderer says it was visible); returns how many pixels were checked."""
+    frame = scene.render_frame(k)
+    h, w = scene.in_size
+    sx, sy = SIZE[1] / w, SIZE[0] / h
+    rows, cols = np.mgrid[0:h, 0:w]
+    x, y = (cols.ravel() + 0.5) * sx, (rows.ravel() + 0.5) * sy
+    now, _, ids_now = scene.shade(k, x, y)
+    before, _, ids_before = scene.shade(k - 1, x + frame.motion[0].ravel() * sx, y + frame.motion[1].ravel() * sy)
+    visible = frame.disocclusion[0].ravel() == 0
+    assert np.array_equal(ids_now[visible], ids_before[visible])
+    assert np.abs(now[:, visible] - before[:, visible]).max() < 1e-4
+    return int(visible.sum())
+
+
 def test_motion_vectors_are_exact(scene):
-    """The surface under a pixel centre shows the same texel at centre + motion in the previous frame."""
-    checked = 0
-    for k in (3, 9, 17):
-        frame = scene.render_frame(k)
-        h, w = scene.in_size
-        sx, sy = SIZE[1] / w, SIZE[0] / h
-        rows, cols = np.mgrid[0:h, 0:w]
-        x, y = (cols.ravel() + 0.5) * sx, (rows.ravel() + 0.5) * sy
-        now, _, ids_now = scene.shade(k, x, y)
-        before, _, ids_before = scene.shade(
-            k - 1, x + frame.motion[0].ravel() * sx, y + frame.motion[1].ravel() * sy
-        )
-        visible = frame.disocclusion[0].ravel() == 0
-        assert np.array_equal(ids_now[visible], ids_before[visible])
-        assert np.abs(now[:, visible] - before[:, visible]).max() < 1e-4
-        checked += visible.sum()
+    checked = sum(assert_motion_exact(scene, k) for k in (3, 9, 17))
+    h, w = scene.in_size
     assert checked > 0.8 * 3 * h * w
 
 
@@ -94,6 +100,41 @@ def test_motion_and_disocclusion_are_present():
         moving += np.hypot(*frame.motion).mean()
         disoccluded += frame.disocclusion.mean()
     assert moving > 0.05 and 0 < disoccluded < 8 * 0.5
+
+
+@pytest.mark.parametrize("size", [(48, 64), (240, 320)])
+def test_scenes_move_like_game_cameras_at_every_size(size):
+    """Speeds are drawn in output pixels per frame: the same distribution at any output size, from still
+    cameras to ~30 px/frame, median several px/frame."""
+    lengths, still = [], 0
+    for seed in range(24):
+        scene = SynthScene(size, 2.0, seed=seed, objects=3)
+        still += scene.turn_x.rate == scene.turn_y.rate == 0
+        frame = scene.render_frame(10)
+        lengths.append(np.hypot(*frame.motion).ravel() * 2.0)  # render px -> output px at 2x
+    lengths = np.concatenate(lengths)
+    assert 2.0 <= np.median(lengths) <= 10.0
+    assert np.percentile(lengths, 95) >= 15.0 and np.percentile(lengths, 5) < 0.5
+    assert 0 < still < 24  # some scenes have a still camera, most do not
+
+
+def test_motion_distribution_is_configurable():
+    from oss_cluster.config import MotionConfig
+
+    slow = MotionConfig(camera_speed=(0.1, 0.2), strafe_speed=(0.01, 0.02), object_speed=(0.1, 0.2), static_fraction=0)
+    lengths = [np.hypot(*SynthScene((48, 64), 2.0, seed=s, objects=2, motion=slow).render_frame(5).motion).mean()
+               for s in range(4)]
+    assert max(lengths) < 0.5
+
+
+def test_objects_leave_the_view_and_come_back_without_jumps():
+    """Objects wrap around the view only while entirely off-screen, so motion vectors stay exact."""
+    from oss_cluster.config import MotionConfig
+
+    fast = MotionConfig(camera_speed=(0.1, 0.2), static_fraction=1.0, object_speed=(20.0, 30.0), still_objects=0.0)
+    scene = SynthScene(SIZE, 2.0, seed=9, objects=4, motion=fast)
+    for k in range(1, 40, 3):
+        assert_motion_exact(scene, k)
 
 
 def test_motion_scale_plays_the_scene_faster():
