@@ -54,17 +54,22 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, border: int = 0) -> float:
     return float(ssim_map.flatten(1).mean(dim=1).mean())
 
 
-def flip(pred: torch.Tensor, target: torch.Tensor, border: int = 0) -> float:
-    """Mean LDR FLIP error (NVIDIA, package flip-evaluator; lower is better) over the batch."""
+def flip_map(pred: torch.Tensor, target: torch.Tensor, border: int = 0) -> np.ndarray:
+    """Per-pixel LDR FLIP error (NVIDIA, package flip-evaluator; lower is better): [B, H', W'] after cropping."""
     import flip_evaluator
 
-    values = []
+    maps = []
     for p, t in zip(_crop(pred.clamp(0, 1), border), _crop(target, border)):
-        reference = np.ascontiguousarray(t.permute(1, 2, 0).detach().cpu().numpy(), dtype=np.float32)
-        test = np.ascontiguousarray(p.permute(1, 2, 0).detach().cpu().numpy(), dtype=np.float32)
-        _, mean, _ = flip_evaluator.evaluate(reference, test, "LDR", applyMagma=False)
-        values.append(float(mean))
-    return float(np.mean(values))
+        reference = np.ascontiguousarray(t.permute(1, 2, 0).detach().float().cpu().numpy(), dtype=np.float32)
+        test = np.ascontiguousarray(p.permute(1, 2, 0).detach().float().cpu().numpy(), dtype=np.float32)
+        error, _, _ = flip_evaluator.evaluate(reference, test, "LDR", applyMagma=False)
+        maps.append(np.asarray(error, np.float32).reshape(reference.shape[:2]))
+    return np.stack(maps)
+
+
+def flip(pred: torch.Tensor, target: torch.Tensor, border: int = 0) -> float:
+    """Mean LDR FLIP error (lower is better) over the batch."""
+    return float(flip_map(pred, target, border).mean())
 
 
 class LPIPSGauge:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from . import register_model
 from .raster import covariance_to_conic, rasterize
 from .student import Student
-from .temporal import TemporalSR, gather_subgrid, warp_previous
+from .accumulate import empty_history
+from .temporal import TemporalSR, derive_disocclusion, gather_subgrid
 
 EWA_LOW_PASS = 0.3  # pixels^2 added to every covariance at render time (gsplat's value)
 MIN_OPACITY = 0.02  # Gaussians fainter than this are pruned
@@ -64,11 +65,14 @@ def covariance(chol: torch.Tensor) -> torch.Tensor:
     return lower @ lower.transpose(-1, -2)
 
 
+MAX_SIGMA = 32.0  # output pixels: no Gaussian's footprint grows beyond this (a folding warp could blow it up)
+
+
 def cholesky_parameters(cov: torch.Tensor) -> torch.Tensor:
-    """[..., 2, 2] covariance -> [..., 3] (log L11, L21, log L22)."""
-    l11 = cov[..., 0, 0].clamp(min=1e-8).sqrt()
-    l21 = cov[..., 0, 1] / l11
-    l22 = (cov[..., 1, 1] - l21 * l21).clamp(min=1e-8).sqrt()
+    """[..., 2, 2] covariance -> [..., 3] (log L11, L21, log L22), each factor within MAX_SIGMA."""
+    l11 = cov[..., 0, 0].clamp(min=1e-8).sqrt().clamp(max=MAX_SIGMA)
+    l21 = (cov[..., 0, 1] / l11).clamp(-MAX_SIGMA, MAX_SIGMA)
+    l22 = (cov[..., 1, 1] - l21 * l21).clamp(min=1e-8).sqrt().clamp(max=MAX_SIGMA)
     return torch.stack([l11.log(), l21, l22.log()], -1)
 
 
@@ -84,6 +88,16 @@ def motion_at(motion: torch.Tensor, points: torch.Tensor, size: tuple[int, int])
     h, w = motion.shape[-2:]
     scale = points.new_tensor([size[1] / w, size[0] / h])
     return sample_at(motion, points, size) * scale
+
+
+def inverse_2x2(matrix: torch.Tensor, min_det: float = 1e-3) -> torch.Tensor:
+    """[..., 2, 2] inverses with the determinant kept at least `min_det` in size: a motion field that
+    folds over itself (objects crossing, the edge of fast motion) makes I + dm/dq singular there."""
+    a, b, c, d = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 1, 0], matrix[..., 1, 1]
+    det = a * d - b * c
+    det = torch.where(det >= 0, det.clamp(min=min_det), det.clamp(max=-min_det))
+    adjugate = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2)
+    return adjugate / det[..., None, None]
 
 
 def warp_canvas(state: CanvasState, motion: torch.Tensor, newton_steps: int = 2) -> CanvasState:
@@ -105,8 +119,8 @@ def warp_canvas(state: CanvasState, motion: torch.Tensor, newton_steps: int = 2)
     q = p - motion_at(motion, p, state.size)
     for _ in range(newton_steps):
         residual = q + motion_at(motion, q, state.size) - p
-        q = q - torch.linalg.solve(eye + jacobian(q), residual[..., None])[..., 0]
-    warp = torch.linalg.inv(eye + jacobian(q))  # dq/dp
+        q = q - (inverse_2x2(eye + jacobian(q)) @ residual[..., None])[..., 0]
+    warp = inverse_2x2(eye + jacobian(q))  # dq/dp
     cov = warp @ covariance(state.chol) @ warp.transpose(-1, -2)
     return replace(state, means=q, chol=cholesky_parameters(cov), velocity=q - p)
 
@@ -275,36 +289,39 @@ class CanvasSR(TemporalSR):
         raise TypeError("CanvasSR is stateful: run it with step() / run_window()")
 
     def step(self, frame: dict, state, out_size):
-        """One frame -> (output [B, 3, H, W], state = (output, CanvasState, network colour))."""
-        lr, depth, jitter, motion, disocclusion = (frame[k] for k in ("lr", "depth", "jitter", "motion", "disocclusion"))
+        """One frame -> (output [B, 3, H, W], state = (the network's history buffer, CanvasState, network colour, depth)).
+
+        Disocclusion (where history is dropped and Gaussians spawn) is derived from the previous and
+        current depth and the motion, like every other model's."""
+        lr, depth, jitter, motion = (frame[k] for k in ("lr", "depth", "jitter", "motion"))
         batch = lr.shape[0]
         if state is None:
-            previous = lr.new_zeros(batch, 3, *out_size)
+            previous, previous_depth = empty_history(lr, out_size)
             canvas = empty_canvas(batch, self.config["capacity"], self.config["canvas_features"], out_size, lr.device, lr.dtype)
-            disocclusion = torch.ones_like(disocclusion)
         else:
-            previous, canvas, _ = state
+            previous, canvas, _, previous_depth = state
             canvas = warp_canvas(canvas, motion)
-        history, valid = warp_previous(previous, motion, disocclusion)
-        features = self.features(self.assemble(lr, depth, jitter, history, valid))
+        disocclusion = derive_disocclusion(depth, motion, previous_depth)
+        reprojected = self.reproject(lr, depth, jitter, motion, previous_depth, previous)
+        features = self.features(self.assemble(lr, depth, jitter, motion, reprojected))
         canvas = prune(self.update(canvas, features))
         canvas = spawn(canvas, disocclusion, lr, depth, jitter, self.seed(features), self.config["spawn_per_frame"])
         rendered, coverage = render_canvas(canvas, backend=self.config["backend"])
-        network = self.reconstruct(features, rendered, lr, jitter, history, valid)
+        network, buffer = self.reconstruct(features, rendered, lr, jitter, reprojected)
         output = self.composite_head(network, rendered, coverage)
         self.last_window.append({"canvas": rendered, "coverage": coverage, "output": output,
-                                 "inputs": (features, lr, jitter, history, valid)})
-        return output, (output, canvas, network)
+                                 "inputs": (features, lr, jitter, reprojected)})
+        return output, (buffer, canvas, network, depth)
 
-    def reconstruct(self, features, rendered, lr, jitter, history, valid):
-        """The network's colour: canvas fused into the SR features by cross-attention, then the head."""
-        return self.head(features + self.fusion(features, rendered), lr, jitter, history, valid)
+    def reconstruct(self, features, rendered, lr, jitter, reprojected):
+        """The network's colour and history buffer: canvas fused into the SR features by cross-attention, then the head."""
+        return self.head(features + self.fusion(features, rendered), lr, jitter, reprojected, self.accumulator)
 
     def extrapolate(self, state, alpha: float) -> torch.Tensor:
         """OSS-FX: the frame at t + alpha: the canvas rendered with every Gaussian advanced by
         alpha x velocity, composited over the current network colour by the same head (alpha = 0
         reproduces the current output)."""
-        _, canvas, network = state
+        _, canvas, network, _ = state
         rendered, coverage = render_canvas(canvas, advance=alpha, backend=self.config["backend"])
         return self.composite_head(network, rendered, coverage)
 
@@ -325,7 +342,7 @@ class CanvasSR(TemporalSR):
             for record in self.last_window:
                 features, *rest = record["inputs"]
                 empty = torch.zeros_like(record["canvas"])
-                zeroed = self.composite_head(self.reconstruct(features, empty, *rest), empty,
+                zeroed = self.composite_head(self.reconstruct(features, empty, *rest)[0], empty,
                                              torch.zeros_like(record["coverage"]))
                 values.append(float((record["output"] - zeroed).abs().mean()))
         return sum(values) / max(len(values), 1)

@@ -173,7 +173,7 @@ def widen_hat_embedding(model: HAT, factor: int) -> HAT:
 
 COMPARABLE_HAT_KEYS = ("groups", "heads", "window", "compress", "squeeze", "overlap_ratio", "upsample_channels",
                        "temporal", "sub", "refine_hidden")
-COMPARABLE_STUDENT_KEYS = ("widths", "separable", "temporal", "sub")
+COMPARABLE_STUDENT_KEYS = ("widths", "separable", "temporal", "sub", "residual")
 
 
 def expand(source: nn.Module, target_config: dict) -> nn.Module:

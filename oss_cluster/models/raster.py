@@ -45,7 +45,10 @@ def radii_from_covariance(cov: torch.Tensor, opacities: torch.Tensor | None = No
 
 
 def _conic_covariance(conics: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.inv(torch.stack([conics[:, 0], conics[:, 1], conics[:, 1], conics[:, 2]], -1).view(-1, 2, 2))
+    """[N, 3] conics -> [N, 2, 2] covariances (the closed-form inverse; a degenerate conic stays finite)."""
+    a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
+    det = (a * c - b * b).clamp(min=1e-12)
+    return torch.stack([c / det, -b / det, -b / det, a / det], -1).view(-1, 2, 2)
 
 
 def gaussian_alpha(offset: torch.Tensor, conic: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:

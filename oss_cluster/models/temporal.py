@@ -1,5 +1,6 @@
-"""What every temporal model and baseline shares: the history warp, jitter-aware resampling, the
-arbitrary-ratio reconstruction head, and the recurrent step interface.
+"""What every temporal model and baseline shares: the history warp, derived disocclusion, jitter-aware
+resampling, the arbitrary-ratio reconstruction head (learned corrections to the temporal
+accumulation of accumulate.py), and the recurrent step interface.
 
 Conventions (see oss_cluster/data/schema.py): render pixel (i, j) was sampled at render coordinates
 (j + 0.5 + jx, i + 0.5 + jy); output pixel (Y, X) has its centre at render coordinates
@@ -13,11 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# FLOPs per output pixel of the resampling the head does with grid_sample (which torch's flop
-# counter does not count): bilinear = 4 taps x (multiply + add) per channel, for the base colour (3
-# channels) and the sub-grid prediction (4 channels). Budget tests add this to the counted FLOPs.
-RESAMPLE_FLOPS_PER_OUTPUT_PIXEL = 4 * 2 * (3 + 4)
-
 
 def _output_grid(batch: int, out_size: tuple[int, int], device, dtype) -> torch.Tensor:
     """Normalised (align_corners=False) coordinates of output pixel centres: [B, H, W, 2] (x, y)."""
@@ -28,14 +24,22 @@ def _output_grid(batch: int, out_size: tuple[int, int], device, dtype) -> torch.
     return grid.unsqueeze(0).expand(batch, height, width, 2)
 
 
+# Nearest-sample lookups are nudged by this much (render pixels) so that an output pixel exactly between
+# two samples always takes the lower one: torch and ONNX Runtime break exact ties differently.
+TIE_EPS = 1.0 / 128
+
+
 def jitter_resample(image: torch.Tensor, jitter: torch.Tensor, out_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resample a jittered render [B, C, h, w] to the output grid [B, C, H, W].
 
     Sample (i, j) lies at render coordinates (j + 0.5 + jx, i + 0.5 + jy), so each output pixel is
     looked up at its own position minus the jitter; `jitter` is [B, 2] in render pixels of `image`.
+    With mode "nearest", ties go to the lower sample (see TIE_EPS and `subpixel_offset`).
     """
     batch, _, h, w = image.shape
     grid = _output_grid(batch, out_size, image.device, image.dtype)
+    if mode == "nearest":
+        jitter = jitter + TIE_EPS
     shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1).to(image.dtype)
     return F.grid_sample(image, grid - shift[:, None, None, :], mode=mode, padding_mode="border", align_corners=False)
 
@@ -49,11 +53,13 @@ def upsample_motion(motion: torch.Tensor, out_size: tuple[int, int]) -> torch.Te
     return torch.cat([up[:, :1] * (width / w), up[:, 1:] * (height / h)], dim=1)
 
 
-def warp_previous(previous: torch.Tensor, motion: torch.Tensor, disocclusion: torch.Tensor | None = None):
-    """Warp the previous output to the current frame by the motion vectors (bilinear).
+def warp_previous(previous: torch.Tensor, motion: torch.Tensor, disocclusion: torch.Tensor | None = None,
+                  mode: str = "bilinear"):
+    """Warp the previous output to the current frame by the motion vectors.
 
     previous: [B, C, H, W] output of the last frame; motion: [B, 2, h, w] render pixels,
-    current -> previous; disocclusion: [B, 1, h, w] (1 = newly visible) or None.
+    current -> previous; disocclusion: [B, 1, h, w] (1 = newly visible) or None; mode: grid_sample's
+    resampling ("bilinear", or "bicubic" for a sharper history).
     Returns (warped [B, C, H, W], valid [B, 1, H, W]); warped is zero where not valid (disoccluded
     or fetched from outside the previous frame). Every model and baseline uses this one warp.
     """
@@ -61,11 +67,52 @@ def warp_previous(previous: torch.Tensor, motion: torch.Tensor, disocclusion: to
     flow = upsample_motion(motion, (height, width))
     grid = _output_grid(batch, (height, width), previous.device, previous.dtype)
     source = grid + torch.stack([flow[:, 0] * 2 / width, flow[:, 1] * 2 / height], dim=-1)
-    warped = F.grid_sample(previous, source, mode="bilinear", padding_mode="border", align_corners=False)
+    warped = F.grid_sample(previous, source, mode=mode, padding_mode="border", align_corners=False)
     valid = ((source.abs() <= 1).all(dim=-1, keepdim=True)).permute(0, 3, 1, 2).to(previous.dtype)
     if disocclusion is not None:
         valid = valid * (1 - F.interpolate(disocclusion.to(previous.dtype), size=(height, width), mode="nearest"))
     return warped * valid, valid
+
+
+# A surface counts as hidden in the previous frame when what that frame saw at its reprojected
+# position is this much nearer (relative depth): slack for depth sampled at jittered positions and
+# for dolly moves, which change a surface's depth between frames.
+DISOCCLUSION_DEPTH_TOLERANCE = 0.05
+
+
+def derive_disocclusion(depth: torch.Tensor, motion: torch.Tensor, previous_depth: torch.Tensor,
+                        tolerance: float = DISOCCLUSION_DEPTH_TOLERANCE) -> torch.Tensor:
+    """Disocclusion from what a game has: [B, 1, h, w], 1 where a render pixel's surface was not visible last frame.
+
+    depth, previous_depth: [B, 1, h, w] planar depth of this frame and of the previous one (any
+    units; a previous depth <= 0 means "no previous frame"); motion: [B, 2, h, w] render pixels,
+    current -> previous. A pixel is disoccluded when its motion leads outside the previous frame, or
+    when the previous depth at the reprojected position is nearer than its own depth by more than
+    `tolerance` (something stood in front of it). The previous depth is read as the farthest of the
+    samples around that position that bilinear interpolation would use (one where it lands on a
+    sample), so a foreground edge next to it is not taken for an occluder.
+    The one disocclusion every model, TAAU, loss, evaluation and the Serve endpoint use: the
+    renderer's exact mask (the `disocclusion` data field) is for diagnostics only.
+    """
+    batch, _, h, w = depth.shape
+    xs = torch.arange(w, device=depth.device, dtype=motion.dtype).view(1, 1, w) + 0.5 + motion[:, 0]
+    ys = torch.arange(h, device=depth.device, dtype=motion.dtype).view(1, h, 1) + 0.5 + motion[:, 1]
+    u, v = xs - 0.5, ys - 0.5  # in sample indices: sample i sits at i
+    u0, v0 = torch.floor(u), torch.floor(v)
+    right, down = (u - u0) > TIE_EPS, (v - v0) > TIE_EPS  # does the position reach the next sample?
+
+    def at(di: int, dj: int) -> torch.Tensor:  # previous depth of sample (v0 + di, u0 + dj), by its exact centre
+        grid = torch.stack([(u0 + dj + 0.5) / w * 2 - 1, (v0 + di + 0.5) / h * 2 - 1], dim=-1)
+        return F.grid_sample(previous_depth, grid.to(previous_depth.dtype), mode="nearest", padding_mode="border",
+                             align_corners=False)
+
+    before = at(0, 0)
+    before = torch.where(right[:, None], torch.maximum(before, at(0, 1)), before)
+    before = torch.where(down[:, None], torch.maximum(before, at(1, 0)), before)
+    before = torch.where((right & down)[:, None], torch.maximum(before, at(1, 1)), before)
+    outside = ((xs < 0) | (xs >= w) | (ys < 0) | (ys >= h))[:, None]
+    hidden = (before < depth * (1 - tolerance)) | (before <= 0)
+    return (outside | hidden).to(depth.dtype)
 
 
 def gather_subgrid(image: torch.Tensor, in_size: tuple[int, int], sub: int) -> torch.Tensor:
@@ -82,37 +129,44 @@ def gather_subgrid(image: torch.Tensor, in_size: tuple[int, int], sub: int) -> t
 
 
 def subpixel_offset(jitter: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
-    """[B, 2, H, W]: offset (render pixels, in [-0.5, 0.5)) of each output pixel centre from the nearest sample."""
+    """[B, 2, H, W]: offset (render pixels, in (-0.5, 0.5]) of each output pixel centre from the nearest
+    sample, the one `jitter_resample(..., mode="nearest")` picks (ties go to the lower sample)."""
     h, w = in_size
     height, width = out_size
     xs = (torch.arange(width, device=jitter.device, dtype=jitter.dtype) + 0.5) * w / width
     ys = (torch.arange(height, device=jitter.device, dtype=jitter.dtype) + 0.5) * h / height
     dx = xs.view(1, 1, width) - 0.5 - jitter[:, 0].view(-1, 1, 1)
     dy = ys.view(1, height, 1) - 0.5 - jitter[:, 1].view(-1, 1, 1)
-    dx = dx - torch.round(dx)
-    dy = dy - torch.round(dy)
+    dx = dx - torch.floor(dx - TIE_EPS + 0.5)
+    dy = dy - torch.floor(dy - TIE_EPS + 0.5)
     return torch.stack([dx.expand(-1, height, width), dy.expand(-1, height, width)], dim=1)
 
 
 class ReconstructionHead(nn.Module):
-    """Render-resolution features -> output image of any size (any SR ratio).
+    """Render-resolution features + temporal accumulation -> output image of any size (any SR ratio).
 
-    A conv (3x3, or 1x1 for students) predicts, per render pixel, a sub x sub grid of colour residuals and a history-blend
-    logit. The grid is resampled to the output pixels at the jittered sample positions (so sub-pixel
-    placement follows the jitter the network also sees) and added to a jitter-aware bilinear
-    upsample of the render; the warped history is blended in where valid with the learned weight.
+    The analytic part is TAAU's accumulation (models/accumulate.py): spatial and sample estimates of
+    the current frame, the reprojected and rectified history with its accumulated weight. A conv
+    (3x3, or 1x1 for students) predicts, per render pixel, a sub x sub grid of colour residuals and
+    two gain logits; the grid is resampled to the output pixels at the jittered sample positions (so
+    sub-pixel placement follows the jitter the network also sees). The blend is TAAU's with the
+    history weight and the sample confidence each scaled by 2 sigmoid(gain) (this accumulation is
+    the history buffer), and the output adds the residual to it: a zero-initialised head is TAAU,
+    and learning moves it from there.
     `refine_hidden` > 0 adds a per-output-pixel MLP over [colour, history, valid, sub-pixel offset]
-    (teachers can afford it; students keep it 0).
+    (teachers can afford it; students keep it 0). residual=False predicts only the two gains: the
+    network steers the accumulation and makes no colour of its own (the Pico student: measured, its
+    residual did not raise PSNR and cost FLIP).
     """
 
-    def __init__(self, in_channels: int, sub: int = 2, refine_hidden: int = 0, temporal: bool = True, kernel: int = 3):
+    def __init__(self, in_channels: int, sub: int = 2, refine_hidden: int = 0, temporal: bool = True, kernel: int = 3,
+                 residual: bool = True):
         super().__init__()
-        self.sub, self.temporal = sub, temporal
-        self.to_subgrid = nn.Conv2d(in_channels, 4 * sub * sub, kernel, padding=kernel // 2)
-        nn.init.zeros_(self.to_subgrid.weight)
-        with torch.no_grad():  # start as "bilinear, history at weight sigmoid(-2) ~ 0.12"
-            self.to_subgrid.bias.zero_()
-            self.to_subgrid.bias.view(4, sub * sub)[3] = -2.0
+        self.sub, self.temporal, self.residual = sub, temporal, residual
+        self.channels = 5 if residual else 2  # [residual RGB,] history-weight gain, sample-confidence gain
+        self.to_subgrid = nn.Conv2d(in_channels, self.channels * sub * sub, kernel, padding=kernel // 2)
+        nn.init.zeros_(self.to_subgrid.weight)  # start as TAAU: no residual, gains 2 sigmoid(0) = 1
+        nn.init.zeros_(self.to_subgrid.bias)
         self.refine = None
         if refine_hidden:
             self.refine = nn.Sequential(
@@ -121,80 +175,99 @@ class ReconstructionHead(nn.Module):
             nn.init.zeros_(self.refine[2].weight)
             nn.init.zeros_(self.refine[2].bias)
 
-    def forward(self, features, lr, jitter, history, valid):
-        """features [B, C, h, w]; lr [B, 3, h, w]; jitter [B, 2]; history [B, 3, H, W] warped; valid [B, 1, H, W]."""
-        out_size = tuple(history.shape[-2:])
+    def forward(self, features, lr, jitter, reprojected, accumulator):
+        """features [B, C, h, w]; lr [B, 3, h, w]; jitter [B, 2]; reprojected: accumulate.Reprojected
+        -> (output [B, 3, H, W], history buffer [B, 4, H, W])."""
+        out_size = tuple(reprojected.spatial.shape[-2:])
         grid = F.pixel_shuffle(self.to_subgrid(features), self.sub)
         predicted = jitter_resample(grid, jitter * self.sub, out_size)
-        colour = jitter_resample(lr, jitter, out_size) + predicted[:, :3]
-        if self.temporal:
-            weight = torch.sigmoid(predicted[:, 3:4]) * valid
-            colour = colour + weight * (history - colour)
-        if self.refine is not None:
+        gains = 2 * torch.sigmoid(predicted[:, -2:])
+        count_gain = gains[:, :1] if self.temporal else 0
+        residual = predicted[:, :3] if self.residual else None
+        output, buffer = accumulator.blend(reprojected, count_gain, gains[:, 1:], residual)
+        if self.refine is not None:  # like the residual, a correction of the output, not of the history
             offset = subpixel_offset(jitter, tuple(lr.shape[-2:]), out_size)
-            colour = colour + self.refine(torch.cat([colour, history, valid, offset], dim=1))
-        return colour
+            output = output + self.refine(torch.cat([output, reprojected.history, reprojected.valid, offset], dim=1))
+        return output, buffer
 
 
 class TemporalSR(nn.Module):
-    """Base of every SR model: one recurrent step from the current frame and the previous output.
+    """Base of every SR model: one recurrent step from the current frame and its own history.
 
-    forward(lr [B,3,h,w], depth [B,1,h,w], jitter [B,2], motion [B,2,h,w], disocclusion [B,1,h,w],
-            previous [B,3,H,W]) -> output [B,3,H,W]
-    The output size is the previous output's size; pass zeros with disocclusion = 1 for the first
-    frame. With temporal=False (single-image mode) only lr and jitter are used.
+    forward(lr [B,3,h,w], depth [B,1,h,w], jitter [B,2], motion [B,2,h,w], previous_depth [B,1,h,w],
+            previous [B,4,H,W]) -> (output [B,3,H,W], history buffer [B,4,H,W])
+    `previous` is the history buffer the last step returned (its output and accumulated sample weight)
+    and `previous_depth` the last frame's depth: what a game keeps. Disocclusion is derived from them
+    (`derive_disocclusion`); the output size is the buffer's size. For the first frame pass zeros
+    for both (a previous depth <= 0 means "no history"). With temporal=False (single-image mode) the
+    history is never used.
     Subclasses implement `features(x)` mapping the assembled input [B, in_channels, h, w] to
     [B, head_channels, h, w].
     """
 
     def __init__(self, temporal: bool = True, sub: int = 2, head_channels: int = 32, refine_hidden: int = 0,
-                 head_kernel: int = 3):
+                 head_kernel: int = 3, residual: bool = True):
+        from .accumulate import Accumulator
+
         super().__init__()
         self.temporal, self.sub = temporal, sub
-        # lr, disparity, jitter, then history (3 sub^2) and its validity (sub^2) on the render grid
-        self.in_channels = 3 + 1 + 2 + 4 * sub * sub if temporal else 3 + 2
-        self.head = ReconstructionHead(head_channels, sub, refine_hidden, temporal, head_kernel)
+        # lr, disparity, jitter, motion, then the rectified history (3 sub^2), its validity and its
+        # accumulated weight (sub^2 each) on the render grid
+        self.in_channels = 3 + 1 + 2 + 2 + 5 * sub * sub if temporal else 3 + 2
+        self.head = ReconstructionHead(head_channels, sub, refine_hidden, temporal, head_kernel, residual)
+        self.accumulator = Accumulator()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def assemble(self, lr, depth, jitter, history, valid) -> torch.Tensor:
+    def assemble(self, lr, depth, jitter, motion, reprojected) -> torch.Tensor:
         h, w = lr.shape[-2:]
         jitter_planes = jitter[:, :, None, None].expand(-1, 2, h, w)
         if not self.temporal:
             return torch.cat([lr, jitter_planes], dim=1)
         disparity = 1.0 / (1.0 + depth.clamp(min=0))  # bounded whatever the depth units
+        # Motion in render px, squashed to (-1, 1): how far the history travelled (a moving history
+        # was resampled and is less trustworthy), bounded whatever the speed.
+        speed = torch.sqrt(motion[:, :1] ** 2 + motion[:, 1:] ** 2)
+        valid = reprojected.valid
         return torch.cat([
-            lr, disparity, jitter_planes,
-            gather_subgrid(history, (h, w), self.sub), gather_subgrid(valid, (h, w), self.sub),
+            lr, disparity, jitter_planes, motion / (1.0 + speed),
+            gather_subgrid(reprojected.history * valid, (h, w), self.sub), gather_subgrid(valid, (h, w), self.sub),
+            gather_subgrid(reprojected.count / self.accumulator.max_history, (h, w), self.sub),
         ], dim=1)
 
     def step(self, frame: dict, state, out_size: tuple[int, int]):
-        """One recurrent step on a frame dict; the state is the previous output (None at the start)."""
-        previous, disocclusion = state, frame["disocclusion"]
-        if previous is None:  # no history yet: zeros, marked invalid everywhere
-            previous = frame["lr"].new_zeros((frame["lr"].shape[0], 3, *out_size))
-            disocclusion = torch.ones_like(disocclusion)
-        output = self(frame["lr"], frame["depth"], frame["jitter"], frame["motion"], disocclusion, previous)
-        return output, output
+        """One recurrent step on a frame dict (FRAME_KEYS); state = (history buffer, previous depth), None at the start."""
+        if state is None:
+            from .accumulate import empty_history
 
-    def forward(self, lr, depth, jitter, motion, disocclusion, previous):
-        if self.temporal:
-            history, valid = warp_previous(previous, motion, disocclusion)
-        else:
-            history, valid = torch.zeros_like(previous), torch.zeros_like(previous[:, :1])
-        x = self.assemble(lr, depth, jitter, history, valid)
-        return self.head(self.features(x), lr, jitter, history, valid)
+            state = empty_history(frame["lr"], out_size)
+        previous, previous_depth = state
+        output, buffer = self(frame["lr"], frame["depth"], frame["jitter"], frame["motion"], previous_depth, previous)
+        return output, (buffer, frame["depth"])
+
+    def reproject(self, lr, depth, jitter, motion, previous_depth, previous):
+        """The accumulation inputs for this frame (no history in single-image mode)."""
+        if not self.temporal:
+            previous_depth = torch.zeros_like(previous_depth)
+        return self.accumulator.reproject(lr, depth, jitter, motion, previous_depth, previous)
+
+    def forward(self, lr, depth, jitter, motion, previous_depth, previous):
+        reprojected = self.reproject(lr, depth, jitter, motion, previous_depth, previous)
+        x = self.assemble(lr, depth, jitter, motion, reprojected)
+        return self.head(self.features(x), lr, jitter, reprojected, self.accumulator)
 
 
-FRAME_KEYS = ("lr", "depth", "jitter", "motion", "disocclusion")
+# What a model reads of each frame: what a game gives it (the `disocclusion` data field is the
+# renderer's oracle mask, kept for diagnostics only).
+FRAME_KEYS = ("lr", "depth", "jitter", "motion")
 
 
 def run_window(model: nn.Module, batch: dict, out_size: tuple[int, int] | None = None, state=None):
     """Run a model recurrently over a window batch ({key: [B, K, ...]}): ([B, K, 3, H, W], state).
 
-    `state` carries what the model keeps between frames (the previous output for TemporalSR; the
-    canvas too for stateful models); None starts without history.
+    `state` carries what the model keeps between frames (its history buffer and the previous depth;
+    the canvas too for stateful models); None starts without history.
     """
     out_size = out_size or tuple(batch["gt"].shape[-2:])
     if hasattr(model, "last_window"):

@@ -106,7 +106,7 @@ def test_expanded_model_trains(make, target):
     target = torch.stack([torch.nn.functional.interpolate(BATCH["lr"][:, k], scale_factor=2, mode="nearest") * 0.8 + 0.1
                           for k in range(BATCH["lr"].shape[1])], dim=1)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         out = run_window(model, BATCH)[0]
         loss = ((out - target) ** 2).mean()
         optimizer.zero_grad()

@@ -1,8 +1,12 @@
 import pytest
 import torch
 
+from oss_cluster.cost.flops import step_inputs
 from oss_cluster.models import build_model
-from oss_cluster.models.temporal import gather_subgrid, jitter_resample, subpixel_offset, warp_previous
+from oss_cluster.models.accumulate import HISTORY_CHANNELS
+from oss_cluster.models.temporal import (
+    derive_disocclusion, gather_subgrid, jitter_resample, run_window, subpixel_offset, warp_previous,
+)
 
 
 def test_warp_by_constant_motion_is_a_shift():
@@ -41,26 +45,71 @@ def test_jitter_resample_places_samples_where_they_were_taken():
 def test_head_gives_exact_output_sizes(ratio, size_in, size_out):
     """Exact sizes for any ratio; the large cases run through the head alone (cheap) at full size."""
     h, w = size_in
-    if h > 100:
-        model = build_model("student_pico").eval()
-        features = torch.zeros(1, 8, h, w)
-        previous = torch.zeros(1, 3, *size_out)
-        out = model.head(features, torch.rand(1, 3, h, w), torch.zeros(1, 2), previous, previous[:, :1])
-    else:
-        model = build_model("student_pico").eval()
-        out = model(torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
-                    torch.ones(1, 1, h, w), torch.zeros(1, 3, *size_out))
-    assert out.shape == (1, 3, *size_out)
+    model = build_model("student_pico").eval()
+    inputs = step_inputs((h, w), size_out)
+    with torch.no_grad():
+        if h > 100:
+            reprojected = model.reproject(*inputs)
+            out, buffer = model.head(torch.zeros(1, 8, h, w), inputs[0], inputs[2], reprojected, model.accumulator)
+        else:
+            out, buffer = model(*inputs)
+    assert out.shape == (1, 3, *size_out) and buffer.shape == (1, HISTORY_CHANNELS, *size_out)
 
 
 def test_head_uses_the_jitter():
     model = build_model("student_pico")
     torch.nn.init.normal_(model.head.to_subgrid.weight, std=0.1)
-    args = [torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8), torch.zeros(1, 2), torch.zeros(1, 2, 8, 8),
-            torch.ones(1, 1, 8, 8), torch.zeros(1, 3, 12, 12)]
-    first = model(*args)
+    args = list(step_inputs((8, 8), (12, 12)))
+    first, _ = model(*args)
     args[2] = torch.tensor([[0.3, -0.2]])
-    assert (model(*args) - first).abs().max() > 1e-3
+    assert (model(*args)[0] - first).abs().max() > 1e-3
+
+
+def test_untrained_model_is_the_taau_anchor():
+    """A zero-initialised head is TAAU's accumulation: same outputs over a sequence with history."""
+    from oss_cluster.baselines import TAAU
+    from tests.models.test_registry import tiny_batch
+
+    batch = tiny_batch(frames=4, motion_scale=0.5)
+    out_size = tuple(batch["gt"].shape[-2:])
+    with torch.no_grad():
+        ours, _ = run_window(build_model("student_standard").eval(), batch)
+        taau, _ = TAAU().run(batch, out_size)
+    assert torch.allclose(ours.clamp(0, 1), taau, atol=1e-5)
+
+
+def test_disocclusion_is_derived_from_depth_and_motion():
+    h, w = 6, 8
+    depth = torch.full((1, 1, h, w), 10.0)
+    previous_depth = torch.full((1, 1, h, w), 10.0)
+    previous_depth[..., 2:4, 2:4] = 2.0  # last frame something near stood there
+    motion = torch.zeros(1, 2, h, w)
+    motion[..., :, 0] = -1.0  # the first column came from outside the frame
+    derived = derive_disocclusion(depth, motion, previous_depth)[0, 0]
+    assert derived[2:4, 2:4].all() and derived[:, 0].all()
+    assert derived.sum() == 4 + h  # nothing else: the far background stayed visible
+    # A surface that is itself near (the occluder, now moved) is not disoccluded by its own depth.
+    assert not derive_disocclusion(torch.full((1, 1, h, w), 2.0), torch.zeros(1, 2, h, w), previous_depth).any()
+    # A previous depth of 0 means no previous frame: everything is new.
+    assert derive_disocclusion(depth, torch.zeros(1, 2, h, w), torch.zeros(1, 1, h, w)).all()
+
+
+def test_derived_disocclusion_matches_the_renderer_mask():
+    """On synthetic game motion, the derived mask finds most of what the renderer knows, and little else."""
+    from oss_cluster.data.synth import SynthScene
+
+    scene = SynthScene((48, 64), 2.0, seed=4, objects=5)
+    frames = [scene.render_frame(k) for k in range(6)]
+    both = derived_only = oracle_only = 0
+    for before, now in zip(frames, frames[1:]):
+        derived = derive_disocclusion(torch.from_numpy(now.depth)[None], torch.from_numpy(now.motion)[None],
+                                      torch.from_numpy(before.depth)[None])[0, 0].bool()
+        oracle = torch.from_numpy(now.disocclusion[0]).bool()
+        both += int((derived & oracle).sum())
+        derived_only += int((derived & ~oracle).sum())
+        oracle_only += int((~derived & oracle).sum())
+    assert both > 0
+    assert both / (both + derived_only) > 0.9 and both / (both + oracle_only) > 0.7
 
 
 def test_subgrid_and_offsets():
