@@ -41,6 +41,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from oss_cluster.models.accumulate import HISTORY_CHANNELS
     from oss_cluster.serving.app import build_app
     from oss_cluster.serving.backends import OnnxRuntimeBackend, untrained_manifest
     from oss_cluster.serving.codec import decode_png, encode_png, to_uint8
@@ -62,7 +63,8 @@ def main() -> None:
         lr = decode_png(bodies[index % len(bodies)], width * height)[None]
         inputs = {"lr": lr, "depth": np.zeros((1, 1, height, width), np.float32), "jitter": np.zeros((1, 2), np.float32),
                   "motion": np.zeros((1, 2, height, width), np.float32),
-                  "disocclusion": np.ones((1, 1, height, width), np.float32), "previous": np.zeros((1, 3, H, W), np.float32)}
+                  "previous_depth": np.zeros((1, 1, height, width), np.float32),
+                  "previous": np.zeros((1, HISTORY_CHANNELS, H, W), np.float32)}
         started = time.perf_counter()
         backend.run(inputs)
         if index >= 3:

@@ -5,7 +5,10 @@
 Artefacts go to the run's storage under runs/<name>/exports/<tier>-x<ratio>/:
     student.onnx          opset 17, dynamic batch / height / width; inputs (render resolution h x w,
                           output resolution H x W): lr [B,3,h,w], depth [B,1,h,w], jitter [B,2],
-                          motion [B,2,h,w], disocclusion [B,1,h,w], previous [B,3,H,W] -> output [B,3,H,W]
+                          motion [B,2,h,w], previous_depth [B,1,h,w], previous [B,4,H,W] -> outputs
+                          output [B,3,H,W] and history [B,4,H,W] (the stream's history: feed `history`
+                          and this frame's depth back as `previous` and `previous_depth` with the next
+                          frame; zeros start a stream)
     student.<p>.engine    TensorRT engine at precision p (fp16, int8), only on a GPU with tensorrt
     manifest.json         tier, ratio, input size, precision, source run and checkpoint, sha256 of each
                           file, the ONNX Runtime parity on real frames, why TensorRT was skipped
@@ -24,13 +27,14 @@ import numpy as np
 import torch
 
 from .checkpoints import load_model
+from .models.accumulate import HISTORY_CHANNELS, empty_history
 from .models.temporal import FRAME_KEYS
 from .runs import RunRegistry
 from .storage import Storage
 from .tiers import TIERS
 
-INPUT_NAMES = ["lr", "depth", "jitter", "motion", "disocclusion", "previous"]
-OUTPUT_NAME = "output"
+INPUT_NAMES = ["lr", "depth", "jitter", "motion", "previous_depth", "previous"]
+OUTPUT_NAMES = ["output", "history"]
 OPSET = 17
 PARITY_TOLERANCE = 1e-3
 MANIFEST = "manifest.json"
@@ -48,44 +52,51 @@ def onnx_bytes(model: torch.nn.Module, sample: tuple[torch.Tensor, ...]) -> byte
     """ONNX of one recurrent step with dynamic batch and sizes (the TorchScript exporter: no onnxscript)."""
     render = {0: "batch", 2: "h", 3: "w"}
     dynamic = {name: render for name in INPUT_NAMES if name not in ("jitter", "previous")}
-    dynamic.update(jitter={0: "batch"}, previous={0: "batch", 2: "H", 3: "W"}, output={0: "batch", 2: "H", 3: "W"})
+    output = {0: "batch", 2: "H", 3: "W"}
+    dynamic.update(jitter={0: "batch"}, previous=output, output=output, history=output)
     buffer = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(model.eval(), sample, buffer, input_names=INPUT_NAMES, output_names=[OUTPUT_NAME],
+        torch.onnx.export(model.eval(), sample, buffer, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     return buffer.getvalue()
 
 
 def frame_steps(model: torch.nn.Module, window: dict, ratio: float) -> list[tuple[torch.Tensor, ...]]:
     """Step inputs for every frame of one window ({key: [K, ...]} tensors), each with the model's own
-    previous output as history (the first frame: zeros, all disoccluded), as a game would stream them."""
+    history buffer and the previous depth (the first frame: zeros, no history), as a game would stream them."""
     frames = window["lr"].shape[0]
     h, w = window["lr"].shape[-2:]
     out_size = tuple(window["gt"].shape[-2:]) if "gt" in window else (round(h * ratio), round(w * ratio))
-    previous, steps = torch.zeros(1, 3, *out_size), []
+    previous, previous_depth = empty_history(window["lr"][:1].float(), out_size)
+    steps = []
     for k in range(frames):
         frame = {key: window[key][k : k + 1].float() for key in FRAME_KEYS}
-        disocclusion = frame["disocclusion"] if k else torch.ones_like(frame["disocclusion"])
-        inputs = (frame["lr"], frame["depth"], frame["jitter"], frame["motion"], disocclusion, previous)
+        inputs = (frame["lr"], frame["depth"], frame["jitter"], frame["motion"], previous_depth, previous)
         steps.append(inputs)
         with torch.no_grad():
-            previous = model(*inputs)
+            _, previous = model(*inputs)
+        previous_depth = frame["depth"]
     return steps
 
 
 def onnx_parity(model: torch.nn.Module, onnx: bytes, steps: list[tuple[torch.Tensor, ...]]) -> float:
-    """Largest |ONNX Runtime - PyTorch| over the outputs of `steps`."""
+    """Largest |ONNX Runtime - PyTorch| over both outputs of `steps`: the image and the history buffer's
+    colour in [0, 1], its accumulated sample weight as a fraction of the most it can hold."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    count_scale = np.ones((1, HISTORY_CHANNELS, 1, 1), np.float32)
+    count_scale[:, 3] = 1.0 / model.accumulator.max_history
     worst = 0.0
     for inputs in steps:
         with torch.no_grad():
-            expected = model(*inputs).numpy()
-        got = session.run(None, {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
-        worst = max(worst, float(np.abs(got - expected).max()))
+            expected = [t.numpy() for t in model(*inputs)]
+        got = session.run(OUTPUT_NAMES, {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)})
+        for name, g, e in zip(OUTPUT_NAMES, got, expected):
+            if g.shape != e.shape:
+                raise ExportError(f"ONNX {name} shape {g.shape} != PyTorch {e.shape}")
+            scale = count_scale if name == "history" else 1.0
+            worst = max(worst, float((np.abs(g - e) * scale).max()))
     return worst
 
 
@@ -125,7 +136,8 @@ def build_tensorrt_engine(onnx: bytes, precision: str, input_size: tuple[int, in
         h, w = max(8, int(height * scale)), max(8, int(width * scale))
         H, W = round(h * ratio), round(w * ratio)
         shapes[fraction] = {"lr": (count, 3, h, w), "depth": (count, 1, h, w), "jitter": (count, 2),
-                            "motion": (count, 2, h, w), "disocclusion": (count, 1, h, w), "previous": (count, 3, H, W)}
+                            "motion": (count, 2, h, w), "previous_depth": (count, 1, h, w),
+                            "previous": (count, HISTORY_CHANNELS, H, W)}
     profile = builder.create_optimization_profile()
     for name in INPUT_NAMES:
         profile.set_shape(name, shapes["min"][name], shapes["opt"][name], shapes["max"][name])
@@ -182,7 +194,7 @@ def _sha256(data: bytes) -> str:
 def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] = ("fp16",), parity_frames: int = 4,
                    log=print) -> dict:
     """Export the run's newest checkpoint; returns the manifest (also written next to the files)."""
-    from .train.local import heldout_sequences, window_tensors
+    from .evaluate import heldout_sequences, window_tensors
 
     model, cfg, checkpoint = load_model(storage, run_name)
     if cfg.model.name not in {f"student_{tier}" for tier in TIERS}:

@@ -8,8 +8,11 @@
 Each tier's `Upscaler` replica loads its export (manifest + ONNX / TensorRT files, sha256-checked) or,
 for development, an untrained student; picks TensorRT where the worker has a GPU and an engine, else
 ONNX Runtime; batches concurrent requests with @serve.batch; and keeps each session's previous output
-(the history the temporal student warps) in a bounded LRU. Replicas ask for the custom resource
-`tier_<tier>`, which cluster.yaml's target-hardware node types carry, so they land on those workers.
+history buffer and depth (what the temporal student warps and accumulates, and what its disocclusion
+is derived from) in a
+bounded LRU. A frame without motion vectors and depth is answered without history (warping by
+assumed-zero motion would smear the picture): `X-History: unavailable`. Replicas ask for the custom
+resource `tier_<tier>`, which cluster.yaml's target-hardware node types carry, so they land there.
 """
 
 
@@ -25,6 +28,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from ray import serve
 
 from ..config import ConfigError, Section, StorageConfig, TierName
+from ..models.accumulate import HISTORY_CHANNELS
 from ..storage import storage_from_config
 from .codec import RequestError, decode_frame, decode_plane, encode_png, parse_jitter, to_uint8
 
@@ -77,7 +81,7 @@ class Upscaler:
         self.app_cfg = ServeAppConfig.model_validate(app_cfg)
         self.manifest, self.backend = _load(tier, TierServeConfig.model_validate(tier_cfg), self.app_cfg)
         self.ratio = float(self.manifest["ratio"])
-        self.sessions: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.sessions: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # (history buffer, depth)
         self.frames = 0
         self.upscale_batch.set_max_batch_size(self.app_cfg.max_batch_size)
         self.upscale_batch.set_batch_wait_timeout_s(self.app_cfg.batch_wait_timeout_s)
@@ -105,31 +109,39 @@ class Upscaler:
         for shape, indices in groups.items():
             h, w = shape[-2:]
             H, W = self.output_size(h, w)
-            previous, disocclusion, continued = [], [], []
+            previous, previous_depth, history = [], [], []
             for i in indices:
-                history = self.sessions.get(frames[i]["session"]) if frames[i]["session"] else None
-                ok = history is not None and history.shape == (3, H, W)
-                previous.append(history if ok else np.zeros((3, H, W), np.float32))
-                disocclusion.append(np.zeros((1, h, w), np.float32) if ok else np.ones((1, h, w), np.float32))
-                continued.append(ok)
+                stored = self.sessions.get(frames[i]["session"]) if frames[i]["session"] else None
+                if not frames[i]["geometry"]:
+                    stored, status = None, "unavailable"  # no motion and depth: no warp, no disocclusion test
+                elif stored is not None and stored[0].shape == (HISTORY_CHANNELS, H, W):
+                    status = "continued"
+                else:
+                    stored, status = None, "new"
+                # Zeros: no history buffer, and a previous depth of 0 marks every pixel disoccluded.
+                previous.append(stored[0] if stored else np.zeros((HISTORY_CHANNELS, H, W), np.float32))
+                previous_depth.append(stored[1] if stored else np.zeros((1, h, w), np.float32))
+                history.append(status)
             inputs = {
                 "lr": np.stack([frames[i]["lr"] for i in indices]),
                 "depth": np.stack([frames[i]["depth"] for i in indices]),
                 "jitter": np.stack([frames[i]["jitter"] for i in indices]),
                 "motion": np.stack([frames[i]["motion"] for i in indices]),
-                "disocclusion": np.stack(disocclusion), "previous": np.stack(previous),
+                "previous_depth": np.stack(previous_depth), "previous": np.stack(previous),
             }
             started = time.perf_counter()
-            outputs = await asyncio.get_running_loop().run_in_executor(None, self.backend.run, inputs)
+            outputs, histories = await asyncio.get_running_loop().run_in_executor(None, self.backend.run, inputs)
             elapsed_ms = (time.perf_counter() - started) * 1e3
             for j, i in enumerate(indices):
                 session = frames[i]["session"]
-                if session:
-                    self.sessions[session] = outputs[j]
+                if session and not frames[i]["geometry"]:  # nothing to continue from: the next frame starts anew
+                    self.sessions.pop(session, None)
+                elif session:
+                    self.sessions[session] = (histories[j], frames[i]["depth"])
                     self.sessions.move_to_end(session)
                     while len(self.sessions) > self.app_cfg.max_sessions:
                         self.sessions.popitem(last=False)
-                results[i] = {"image": to_uint8(outputs[j]), "continued": continued[j], "batch": len(indices),
+                results[i] = {"image": to_uint8(outputs[j]), "history": history[j], "batch": len(indices),
                               "inference_ms": elapsed_ms, "backend": self.backend.name}
         self.frames += len(frames)
         return results
@@ -178,8 +190,11 @@ class Gateway:
         result = await self.upscalers[tier].upscale.remote(frame)
         image = result["image"]
         headers = {"X-Width": str(image.shape[1]), "X-Height": str(image.shape[0]), "X-Backend": result["backend"],
-                   "X-History": "continued" if result["continued"] else "new", "X-Batch-Size": str(result["batch"]),
+                   "X-History": result["history"], "X-Batch-Size": str(result["batch"]),
                    "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Tier": tier}
+        if result["history"] == "unavailable":
+            headers["X-History-Reason"] = ("the request has no motion vectors and depth (multipart parts 'motion' and "
+                                           "'depth'): upscaled from this frame alone")
         if "application/octet-stream" in request.headers.get("Accept", ""):
             return Response(image.tobytes(), media_type="application/octet-stream", headers={**headers, "X-Format": "rgb8"})
         return Response(encode_png(image), media_type="image/png", headers=headers)
@@ -215,7 +230,7 @@ class Gateway:
         return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")),
                 "motion": motion if motion is not None else np.zeros((2, h, w), np.float32),
                 "depth": depth if depth is not None else np.zeros((1, h, w), np.float32),
-                "session": headers.get("X-Session-Id")}
+                "geometry": motion is not None and depth is not None, "session": headers.get("X-Session-Id")}
 
 
 def build_app(args: dict | None = None):

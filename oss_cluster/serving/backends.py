@@ -1,15 +1,15 @@
 """Inference backends for one exported student: TensorRT on GPU workers, ONNX Runtime elsewhere.
 
 Both run one recurrent step on a batch: inputs {name: float32 array} as in oss_cluster/export.py
-(lr [B,3,h,w], depth [B,1,h,w], jitter [B,2], motion [B,2,h,w], disocclusion [B,1,h,w],
-previous [B,3,H,W]) -> output float32 [B,3,H,W].
+(lr [B,3,h,w], depth [B,1,h,w], jitter [B,2], motion [B,2,h,w], previous_depth [B,1,h,w],
+previous [B,4,H,W]) -> (output float32 [B,3,H,W], history buffer float32 [B,4,H,W]).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..export import INPUT_NAMES, OUTPUT_NAME, onnx_bytes, tensorrt_unavailable, verified_bytes
+from ..export import INPUT_NAMES, OUTPUT_NAMES, onnx_bytes, tensorrt_unavailable, verified_bytes
 from ..storage import Storage
 
 
@@ -25,8 +25,9 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         self.version = ort.__version__
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {name: inputs[name] for name in INPUT_NAMES})[0]
+    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        output, history = self.session.run(OUTPUT_NAMES, {name: inputs[name] for name in INPUT_NAMES})
+        return output, history
 
 
 class TensorRTBackend:
@@ -46,21 +47,22 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.version = trt.__version__
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         device = torch.device("cuda")
         tensors = {name: torch.from_numpy(inputs[name]).to(device).contiguous() for name in INPUT_NAMES}
         for name, tensor in tensors.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
-        shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
-        output = torch.empty(shape, device=device, dtype=torch.float32)
-        self.context.set_tensor_address(OUTPUT_NAME, output.data_ptr())
+        outputs = {}
+        for name in OUTPUT_NAMES:
+            outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), device=device, dtype=torch.float32)
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return output.cpu().numpy()
+        return tuple(outputs[name].cpu().numpy() for name in OUTPUT_NAMES)
 
 
 def load_backend(manifest: dict, storage: Storage | None, prefer: str = "auto", threads: int = 1):
@@ -84,6 +86,7 @@ def untrained_manifest(model_name: str, ratio: float) -> dict:
     import torch
 
     from ..models import build_model
+    from ..models.accumulate import HISTORY_CHANNELS
     from ..models.student import STUDENT_TIERS
 
     if model_name not in STUDENT_TIERS:
@@ -93,7 +96,7 @@ def untrained_manifest(model_name: str, ratio: float) -> dict:
     h, w = 16, 24
     H, W = round(h * ratio), round(w * ratio)
     sample = (torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
-              torch.ones(1, 1, h, w), torch.zeros(1, 3, H, W))
+              torch.zeros(1, 1, h, w), torch.zeros(1, HISTORY_CHANNELS, H, W))
     data = onnx_bytes(model, sample)
     return {"tier": STUDENT_TIERS[model_name], "model": model_name, "ratio": ratio, "source_run": "untrained",
             "files": {"onnx": {"data": data, "bytes": len(data), "sha256": None}}, "tensorrt": {}}

@@ -20,14 +20,13 @@ from ..tiers import TIERS
 
 
 def student_flops_per_frame(model_name: str, size: tuple[int, int], ratio: float) -> float:
-    """FLOPs of one recurrent step at render size (w, h), counted by torch plus the resampling allowance."""
+    """FLOPs of one recurrent step at render size (w, h), every operation counted (cost.flops.OpCounter)."""
     from ..cost.flops import step_flops
-    from ..models.temporal import RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
 
     # Count at a small size and scale by pixels (every layer is per-pixel; counting at 4K is slow).
     w, h = 128, 72
     H, W = round(h * ratio), round(w * ratio)
-    per_output_pixel = step_flops(model_name, (h, w), (H, W)) / (H * W) + RESAMPLE_FLOPS_PER_OUTPUT_PIXEL
+    per_output_pixel = step_flops(model_name, (h, w), (H, W)) / (H * W)
     out_w, out_h = round(size[0] * ratio), round(size[1] * ratio)
     return per_output_pixel * out_w * out_h
 
@@ -51,6 +50,7 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
 
     from ..storage import storage_from_config
     from ..config import StorageConfig
+    from ..models.accumulate import HISTORY_CHANNELS
     from .backends import load_backend
     from .codec import encode_png, to_uint8
 
@@ -63,12 +63,12 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
     rng = np.random.default_rng(0)
     lr = rng.random((1, 3, h, w), dtype=np.float32)
     inputs = {"lr": lr, "depth": np.ones((1, 1, h, w), np.float32), "jitter": np.zeros((1, 2), np.float32),
-              "motion": np.zeros((1, 2, h, w), np.float32), "disocclusion": np.zeros((1, 1, h, w), np.float32),
-              "previous": np.zeros((1, 3, H, W), np.float32)}
+              "motion": np.zeros((1, 2, h, w), np.float32), "previous_depth": np.ones((1, 1, h, w), np.float32),
+              "previous": np.zeros((1, HISTORY_CHANNELS, H, W), np.float32)}
     in_process = []
     for index in range(warmup + frames):
         started = time.perf_counter()
-        inputs["previous"] = backend.run(inputs)
+        _, inputs["previous"] = backend.run(inputs)
         if index >= warmup:
             in_process.append((time.perf_counter() - started) * 1e3)
     result = {"tier": tier_name, "backend": backend.name, "render_size": [w, h], "output_size": [W, H],

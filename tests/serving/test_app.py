@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from oss_cluster.data.synth import synth_windows
+from oss_cluster.models.accumulate import HISTORY_CHANNELS
 from oss_cluster.serving.backends import OnnxRuntimeBackend, untrained_manifest
 from oss_cluster.serving.codec import encode_png, to_uint8
 
@@ -88,7 +89,7 @@ def test_health_and_models(endpoint):
 
 def test_png_stream_with_session_matches_in_process_inference(endpoint, frames):
     backend = OnnxRuntimeBackend(untrained_manifest("student_pico", RATIO)["files"]["onnx"]["data"])
-    previous = np.zeros((1, 3, 48, 72), np.float32)
+    history, previous_depth = np.zeros((1, HISTORY_CHANNELS, 48, 72), np.float32), np.zeros((1, 1, 32, 48), np.float32)
     for k, frame in enumerate(frames):
         body, content_type = multipart(frame)
         status, headers, data = post(endpoint, body, {"Content-Type": content_type, "X-Session-Id": "stream-1",
@@ -100,10 +101,31 @@ def test_png_stream_with_session_matches_in_process_inference(endpoint, frames):
         # The same step in-process, on the frame as the server decoded it (8-bit PNG) and its own history.
         lr = np.asarray(Image.open(io.BytesIO(png_of(frame))), np.float32).transpose(2, 0, 1)[None] / 255
         inputs = {"lr": lr, "depth": frame["depth"][None], "jitter": frame["jitter"][None],
-                  "motion": frame["motion"][None], "disocclusion": np.full((1, 1, 32, 48), 0.0 if k else 1.0, np.float32),
-                  "previous": previous}
-        previous = backend.run(inputs)
-        assert np.abs(got.astype(int) - to_uint8(previous[0]).astype(int)).max() <= 1
+                  "motion": frame["motion"][None], "previous_depth": previous_depth, "previous": history}
+        output, history = backend.run(inputs)
+        previous_depth = frame["depth"][None]
+        assert np.abs(got.astype(int) - to_uint8(output[0]).astype(int)).max() <= 1
+
+
+def test_frames_without_motion_and_depth_get_no_history(endpoint, frames):
+    """Without motion vectors and depth the history would be warped by assumed-zero motion: none is used."""
+    backend = OnnxRuntimeBackend(untrained_manifest("student_pico", RATIO)["files"]["onnx"]["data"])
+    for k, frame in enumerate(frames):
+        status, headers, data = post(endpoint, png_of(frame), {"Content-Type": "image/png", "X-Session-Id": "png-only",
+                                                               "X-Jitter": f"{frame['jitter'][0]},{frame['jitter'][1]}"})
+        assert status == 200 and headers["x-history"] == "unavailable", headers
+        assert "motion vectors and depth" in headers["x-history-reason"]
+        lr = np.asarray(Image.open(io.BytesIO(png_of(frame))), np.float32).transpose(2, 0, 1)[None] / 255
+        zeros = {"depth": np.zeros((1, 1, 32, 48), np.float32), "motion": np.zeros((1, 2, 32, 48), np.float32)}
+        alone, _ = backend.run({"lr": lr, "jitter": frame["jitter"][None], **zeros, "previous_depth": zeros["depth"],
+                                "previous": np.zeros((1, HISTORY_CHANNELS, 48, 72), np.float32)})
+        got = np.asarray(Image.open(io.BytesIO(data)))
+        assert np.abs(got.astype(int) - to_uint8(alone[0]).astype(int)).max() <= 1  # this frame alone, every time
+    # Motion and depth arrive: a new history starts, then continues.
+    for k, frame in enumerate(frames[:2]):
+        body, content_type = multipart(frame)
+        _, headers, _ = post(endpoint, body, {"Content-Type": content_type, "X-Session-Id": "png-only"})
+        assert headers["x-history"] == ("continued" if k else "new")
 
 
 def test_raw_rgb_in_and_out(endpoint, frames):
