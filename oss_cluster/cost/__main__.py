@@ -41,14 +41,22 @@ def main(argv=None) -> int:
     flops.add_argument("--crop", type=int, default=96, help="output crop side (pixels)")
     flops.add_argument("--window", type=int, default=4, help="frames per window")
     flops.add_argument("--ratio", type=float, default=2.0)
+    flops.add_argument("--warmup", default="cycle",
+                       help="warm-up frames run without gradient before each window (default: one Halton cycle)")
     args = parser.parse_args(argv)
     try:
         if args.command == "flops":
+            from ..config import TrainConfig, warmup_frames
             from .flops import training_flops_per_window
 
-            value = training_flops_per_window(args.model, args.crop, args.window, args.ratio)
-            print(f"{args.model}: {value:.4g} training FLOPs per window ({args.window} frames, {args.crop}x{args.crop} "
-                  f"output, ratio {args.ratio:g}; forward counted by torch x 3 for forward + backward)")
+            try:
+                warmup = warmup_frames(TrainConfig(warmup_frames=args.warmup), args.ratio, args.window)
+            except ValueError as err:
+                raise CostError(f"--warmup {args.warmup!r}: a number of frames or 'cycle' ({err})") from None
+            value = training_flops_per_window(args.model, args.crop, args.window, args.ratio, warmup)
+            print(f"{args.model}: {value:.4g} training FLOPs per window ({warmup} warm-up frames forward only + "
+                  f"{args.window} frames x 3 for forward + backward; {args.crop}x{args.crop} output, ratio "
+                  f"{args.ratio:g}; every operation counted)")
             return 0
         catalog, cluster = load_catalog(Path(args.catalog)), load_node_types(Path(args.cluster))
         plan = load_plan(args.plan, cluster, catalog)
