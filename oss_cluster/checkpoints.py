@@ -19,29 +19,54 @@ from .storage import Storage
 
 CHECKPOINT_TAG = "checkpoint"  # DeepSpeed's tag (sub-folder) inside each Ray Train checkpoint
 MODEL_STATES = "mp_rank_00_model_states.pt"
+STEP_FILE = "oss_step.json"  # {"step": N, "samples": M}, written beside the DeepSpeed files
 
 
 class CheckpointError(FileNotFoundError):
     """A run has no (readable) checkpoint."""
 
 
-def latest_checkpoint(storage: Storage, run_name: str) -> str:
-    """Storage key (a folder) of the run's newest checkpoint: runs/<name>/ray/checkpoint_.../checkpoint."""
+def list_checkpoints(storage: Storage, run_name: str) -> list[tuple[str, int | None]]:
+    """(key, step) of the run's complete checkpoints, oldest first; step None where it was not recorded."""
     run = RunRegistry(storage).open(run_name)
     base = run.key("ray") + "/"
     relative = [key[len(base):] for key in storage.list(run.key("ray"))]
     folders = sorted({key.split("/")[0] for key in relative if key.startswith("checkpoint_")})
-    complete = [f for f in folders if storage.exists(run.key("ray", f, CHECKPOINT_TAG, MODEL_STATES))]
-    if not complete:
+    found = []
+    for folder in folders:
+        key = run.key("ray", folder, CHECKPOINT_TAG)
+        if storage.exists(f"{key}/{MODEL_STATES}"):
+            step = storage.read_json(f"{key}/{STEP_FILE}")["step"] if storage.exists(f"{key}/{STEP_FILE}") else None
+            found.append((key, step))
+    return found
+
+
+def latest_checkpoint(storage: Storage, run_name: str, step: int | None = None) -> str:
+    """Storage key (a folder) of the run's newest checkpoint (or the one saved at `step`):
+    runs/<name>/ray/checkpoint_.../checkpoint."""
+    found = list_checkpoints(storage, run_name)
+    if not found:
+        run = RunRegistry(storage).open(run_name)
         raise CheckpointError(f"run {run_name}: no checkpoint with {MODEL_STATES} under {storage.url(run.key('ray'))}")
-    return run.key("ray", complete[-1], CHECKPOINT_TAG)
+    if step is None:
+        return found[-1][0]
+    for key, saved in found:
+        if saved == step:
+            return key
+    steps = ", ".join(str(saved) for _, saved in found if saved is not None) or "none recorded"
+    raise CheckpointError(f"run {run_name}: no checkpoint at step {step} (kept checkpoints are at steps: {steps})")
 
 
-def load_state_dict(storage: Storage, run_name: str) -> tuple[dict, ExperimentConfig, str]:
-    """(fp32 state dict, the run's config, checkpoint key) of the run's newest checkpoint."""
+def checkpoint_step(storage: Storage, key: str) -> int | None:
+    """The training step a checkpoint was saved at, where recorded."""
+    return storage.read_json(f"{key}/{STEP_FILE}")["step"] if storage.exists(f"{key}/{STEP_FILE}") else None
+
+
+def load_state_dict(storage: Storage, run_name: str, step: int | None = None) -> tuple[dict, ExperimentConfig, str]:
+    """(fp32 state dict, the run's config, checkpoint key) of the run's newest checkpoint (or the one at `step`)."""
     record = RunRegistry(storage).open(run_name).record
     cfg = ExperimentConfig.model_validate(record["config"])
-    key = latest_checkpoint(storage, run_name)
+    key = latest_checkpoint(storage, run_name, step)
     with tempfile.TemporaryDirectory() as folder:
         if cfg.deepspeed.zero_stage == 3:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -63,11 +88,12 @@ def load_state_dict(storage: Storage, run_name: str) -> tuple[dict, ExperimentCo
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, cfg, key
 
 
-def load_model(storage: Storage, run_name: str) -> tuple[torch.nn.Module, ExperimentConfig, str]:
-    """The run's model with its newest checkpoint's weights, in eval mode: (model, config, checkpoint key)."""
+def load_model(storage: Storage, run_name: str, step: int | None = None) -> tuple[torch.nn.Module, ExperimentConfig, str]:
+    """The run's model with its newest checkpoint's weights (or those at `step`), in eval mode:
+    (model, config, checkpoint key)."""
     from .models import build_model
 
-    state, cfg, key = load_state_dict(storage, run_name)
+    state, cfg, key = load_state_dict(storage, run_name, step)
     model = build_model(cfg.model.name, **cfg.model.options)
     model.load_state_dict(state)
     return model.eval(), cfg, key

@@ -85,3 +85,40 @@ def ray_local():
                           metrics_url=f"http://127.0.0.1:{metrics}/metrics")
     ray.shutdown()
     subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# A HAT small enough to train for a few steps in seconds (the distillation tests' teacher).
+TINY_HAT = ["model.options.embed_dim=24", "model.options.groups=1", "model.options.depth=2", "model.options.heads=2",
+            "model.options.compress=6", "model.options.squeeze=6"]
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory, ray_local):
+    """(storage root, teacher run, student run, student result): a tiny Pico teacher trained for 2 steps and the
+    Pico student distilled from it with the smoke schedule (100 steps), both on the session's Ray instance.
+    Shared by the distillation, export and evaluation tests."""
+    from oss_cluster.config import load_config
+    from oss_cluster.train.distributed import train_distributed
+
+    root = tmp_path_factory.mktemp("ship")
+    teacher_cfg = load_config(CONFIGS / "distill_smoke.yaml", [
+        f"storage.root={root}", "family=hat", "model.name=hat_tiny", *TINY_HAT, "train.steps=2", "train.lr=1e-3",
+        "train.eval_every=2", "train.checkpoint_every=2"])
+    teacher, _ = train_distributed(teacher_cfg)
+    student_cfg = load_config(CONFIGS / "distill_smoke.yaml", [f"storage.root={root}", f"distill.teacher_run={teacher}",
+                                                               "train.steps=100", "train.eval_every=100",
+                                                               "train.checkpoint_every=100"])
+    student, result = train_distributed(student_cfg)
+    return root, teacher, student, result
+
+
+@pytest.fixture(scope="session")
+def exported(shipped):
+    """(manifest, log lines) of the distilled student's ONNX export, made once per session."""
+    from oss_cluster.export import export_student
+    from oss_cluster.storage import open_storage
+
+    root, _, student, _ = shipped
+    lines: list[str] = []
+    return export_student(open_storage(str(root)), student, log=lines.append), lines

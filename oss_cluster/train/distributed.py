@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ExperimentConfig, config_to_dict, with_absolute_storage
-from ..checkpoints import latest_checkpoint, load_model
+from ..checkpoints import STEP_FILE, latest_checkpoint, load_model
 from ..data.build import build_dataset
 from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
 from ..storage import Storage, storage_from_config
-from .local import (
-    evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation, heldout_midframes,
-    heldout_sequences, lr_at, random_crop, shards_storage, training_loss,
-    window_tensors,
+from ..evaluate import (
+    MIN_EVAL_FRAMES, evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation,
+    heldout_midframes, heldout_sequences, window_tensors,
 )
-from .strips import model_strip, png_bytes
+from ..evaluate.strips import model_strip, png_bytes
+from .local import lr_at, random_crop, shards_storage, training_clips, training_loss
 
 CHECKPOINT_TAG = "checkpoint"
 RAY_FOLDER = "ray"  # Ray Train's own files for a run live in runs/<name>/ray/
@@ -163,7 +163,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         teacher.to(device=device, dtype=dtype)
     data = ShardDataset(storage.child(loop_config["dataset_prefix"]) if loop_config["dataset_prefix"] else
                         shards_storage(cfg))
-    n = len(data)
+    clips = training_clips(cfg, data)  # every window with its warm-up frames
+    n = len(clips)
     mine = list(range(rank * n // world, (rank + 1) * n // world)) or [rank % n]
     run = RunRegistry(storage).open(loop_config["run_name"]) if rank == 0 else None
     metrics = _worker_metrics() if rank == 0 else None
@@ -182,11 +183,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # The batch depends only on (seed, rank, step, micro-step): a resumed run sees the same data.
             rng = np.random.default_rng([cfg.train.seed, rank, step, micro_step])
             picks = rng.choice(mine, size=micro, replace=len(mine) < micro)
-            items = [random_crop(window_tensors(data.window(int(i))), cfg.train.crop, rng) for i in picks]
+            items = [random_crop(window_tensors(clips.clip(int(i))), cfg.train.crop, rng) for i in picks]
             batch = {k: torch.stack([item[k] for item in items]).to(device=device, dtype=dtype) for k in items[0]}
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg.train)
-            loss, _ = training_loss(engine.module, batch, cfg.train, teacher, cfg.distill.weight)
+            loss, _ = training_loss(engine.module, batch, cfg.train, teacher, cfg.distill.weight, clips.warmup)
             engine.backward(loss)
             engine.step()
         if not torch.isfinite(loss):
@@ -214,6 +215,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             with tempfile.TemporaryDirectory() as folder:
                 engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": step, "samples": samples})
+                if rank == 0:  # the step, readable without loading the weights (evaluate --step)
+                    with open(os.path.join(folder, CHECKPOINT_TAG, STEP_FILE), "w") as handle:
+                        json.dump({"step": step, "samples": samples}, handle)
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(folder))
         else:
             ray.train.report(report)
@@ -305,7 +309,10 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
                (("teacher_checkpoint", cfg.distill.teacher_run), ("init_checkpoint", cfg.distill.init_from_run)) if name}
     if cfg.distill.init_from_run:
         initial_student(storage, cfg)  # ValueError now, naming both models, if Net2Net cannot grow it
+    if (eval_frames or cfg.train.eval_frames) < MIN_EVAL_FRAMES:
+        raise ConfigError(f"eval_frames {eval_frames}: held-out sequences need at least {MIN_EVAL_FRAMES} frames")
     dataset = ensure_dataset(cfg, storage, log)
+    training_clips(cfg, ShardDataset(dataset))  # DataError now, not in every worker, if no window has its warm-up
     registry = RunRegistry(storage)
     node_types = cluster_node_types()
     if run_name and str(RunName.parse(run_name)) in {str(n) for n in registry.names()}:

@@ -13,15 +13,16 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def test_short_canvas_run_uses_the_canvas_and_extrapolates(tmp_path):
     cfg = load_config(CONFIGS / "canvas.yaml", [
-        f"storage.root={tmp_path}", "data.out_size=[48,64]", "data.frames=48", "data.frames_per_sequence=12",
-        "data.window=3", "data.val_sequences=1", "data.objects=3", "data.motion_scale=6", "train.steps=20", "train.batch_size=2",
+        f"storage.root={tmp_path}", "data.out_size=[48,64]", "data.frames=48", "data.frames_per_sequence=24",
+        "data.window=3", "data.val_sequences=1", "data.objects=3", "train.warmup_frames=9", "train.steps=20",
+        "train.batch_size=2",
         "train.crop=32", "train.eval_every=20", "train.log_every=5", "train.warmup_steps=2", "train.lr=1e-3",
         "model.options.capacity=1024", "model.options.spawn_per_frame=768", "model.options.widths=[8,16,32]",
         "model.options.hidden=32",
     ])
     run = RunRegistry(open_storage(cfg.storage.root)).allocate(cfg.family, cfg.version, cfg.tier)
     lines = []
-    _, summary = train_local(cfg, run=run, eval_frames=6, log=lines.append)
+    _, summary = train_local(cfg, run=run, log=lines.append)
     evaluation = summary["eval"]
     assert evaluation["model"]["canvas_contribution"] > 0
     fx = evaluation["extrapolation"]

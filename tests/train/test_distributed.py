@@ -33,7 +33,7 @@ def test_deepspeed_config_follows_the_experiment():
 
 def test_run_then_resume_with_the_same_name(tmp_path, ray_local):
     cfg = tiny(tmp_path)
-    name, result = train_distributed(cfg, eval_frames=2)
+    name, result = train_distributed(cfg)
     store = open_storage(str(tmp_path))
     record = store.read_json(f"runs/{name}/metrics.json")
     assert record["status"] == "finished" and [m["step"] for m in record["step_metrics"]] == [1, 2, 3, 4]
@@ -44,7 +44,7 @@ def test_run_then_resume_with_the_same_name(tmp_path, ray_local):
     assert result.metrics["step"] == 4 and result.metrics["samples"] == 4 * 2 * 2
 
     more = tiny(tmp_path, "train.steps=6")
-    again, result = train_distributed(more, run_name=name, eval_frames=2)
+    again, result = train_distributed(more, run_name=name)
     assert again == name and result.metrics["step"] == 6 and result.metrics["samples"] == 6 * 2 * 2
     steps = [m["step"] for m in store.read_json(f"runs/{name}/metrics.json")["step_metrics"]]
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 were not redone: the run resumed at its checkpoint
@@ -67,7 +67,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local):
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed))
     killer.start()
-    name, result = train_distributed(cfg, eval_frames=2)
+    name, result = train_distributed(cfg)
     killer.join()
     assert killed, "no training worker was found to kill"
     assert result.metrics["step"] == 6 and result.metrics["samples"] == 6 * 2 * 2
@@ -101,7 +101,7 @@ def test_ray_job_submit_against_a_head_node(tmp_path, ray_local):
 
 def test_run_with_s3_storage(tmp_path, ray_local, s3_endpoint, s3_uri):
     cfg = tiny(s3_uri, f"storage.endpoint_url={s3_endpoint}", "train.steps=2", "train.eval_every=2")
-    name, result = train_distributed(cfg, eval_frames=2)
+    name, result = train_distributed(cfg)
     store = open_storage(s3_uri, endpoint_url=s3_endpoint)
     record = store.read_json(f"runs/{name}/metrics.json")
     assert record["status"] == "finished" and result.metrics["step"] == 2
@@ -151,7 +151,7 @@ def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_loca
 def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local):
     cfg = tiny(tmp_path, "model.name=canvas", "family=canvas", "train.steps=2", "train.eval_every=2",
                "model.options.capacity=512", "model.options.spawn_per_frame=512")
-    name, _ = train_distributed(cfg, eval_frames=3)
+    name, _ = train_distributed(cfg)
     assert name.startswith("canvas-")
     logged = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")["eval_metrics"][-1]
     assert logged["model/canvas_contribution"] > 0

@@ -52,16 +52,21 @@ def png_bytes(image: Image.Image) -> bytes:
 
 @torch.no_grad()
 def model_strip(model, window_tensors: dict, frame: int = -1) -> Image.Image:
-    """Run a model over one held-out window and draw the strip for one of its frames."""
+    """Run a model over one held-out window and draw the strip for one of its frames (the features
+    panel: the network's feature energy on that frame alone, without history)."""
+    from ..models.accumulate import empty_history
     from ..models.temporal import run_window
 
+    was_training = model.training
+    model.eval()
     batch = {k: v[None] for k, v in window_tensors.items()}
     outputs, _ = run_window(model, batch)
     k = frame % batch["lr"].shape[1]
     features = None
-    if hasattr(model, "features") and hasattr(model, "assemble"):
-        lr = batch["lr"][:, k]
-        empty_history = torch.zeros_like(outputs[:, k])
-        x = model.assemble(lr, batch["depth"][:, k], batch["jitter"][:, k], empty_history, empty_history[:, :1])
-        features = model.features(x)[0]
+    if hasattr(model, "features") and hasattr(model, "reproject"):
+        frame_inputs = [batch[key][:, k] for key in ("lr", "depth", "jitter", "motion")]
+        history, previous_depth = empty_history(frame_inputs[0], tuple(outputs.shape[-2:]))
+        reprojected = model.reproject(*frame_inputs, previous_depth, history)
+        features = model.features(model.assemble(*frame_inputs, reprojected))[0]
+    model.train(was_training)
     return comparison_strip(batch["lr"][0, k], batch["jitter"][0, k], outputs[0, k], batch["gt"][0, k], features)
