@@ -12,6 +12,12 @@ Shapes use (h, w) for the render (input) resolution and (H, W) for the output re
 | depth        | [1, h, w]    | float32 | planar depth at the jittered sample, scene units (metres, TartanAir) |
 | disocclusion | [1, h, w]    | uint8   | 1 where the surface was not visible in the previous frame            |
 | jitter       | [2]          | float32 | (jx, jy) in render pixels: pixel (i, j) sampled at (j+0.5+jx, i+0.5+jy) |
+| gt_future    | [3, H, W]    | float16 | ground truth at t + future_alpha (frame-extrapolation target)         |
+| future_alpha | [1]          | float32 | that alpha in frames, in (0, 1]; 0 where the data has no future frame |
+
+Schema version 2 added gt_future and future_alpha. Version-1 shards still read: their windows take
+the next frame's ground truth as gt_future with alpha 1 (alpha 0 on a window's last frame), as
+TartanAir-style data has no fractional times.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 # name -> (dtype, channels, resolution) where resolution is "lr", "gt" or "vector".
 FIELDS: dict[str, tuple[np.dtype, int, str]] = {
@@ -30,7 +37,24 @@ FIELDS: dict[str, tuple[np.dtype, int, str]] = {
     "depth": (np.dtype(np.float32), 1, "lr"),
     "disocclusion": (np.dtype(np.uint8), 1, "lr"),
     "jitter": (np.dtype(np.float32), 2, "vector"),
+    "gt_future": (np.dtype(np.float16), 3, "gt"),
+    "future_alpha": (np.dtype(np.float32), 1, "vector"),
 }
+FUTURE_FIELDS = ("gt_future", "future_alpha")  # absent from version-1 shards
+
+
+def fields_of_version(version: int) -> tuple[str, ...]:
+    """The fields a shard of this schema version stores."""
+    return tuple(name for name in FIELDS if version >= 2 or name not in FUTURE_FIELDS)
+
+
+def future_from_next(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gt_future, future_alpha) of a window [K, 3, H, W] without fractional times: the next frame's
+    ground truth at alpha 1, and alpha 0 (no target) on the last frame."""
+    gt_future = np.concatenate([gt[1:], gt[-1:]])
+    future_alpha = np.ones((len(gt), 1), np.float32)
+    future_alpha[-1] = 0.0
+    return gt_future, future_alpha
 
 
 class DataError(ValueError):
@@ -69,6 +93,8 @@ class SampleArrays:
     depth: np.ndarray
     disocclusion: np.ndarray
     jitter: np.ndarray
+    gt_future: np.ndarray
+    future_alpha: np.ndarray
 
     @property
     def in_size(self) -> tuple[int, int]:

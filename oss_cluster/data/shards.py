@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..storage import Storage
-from .schema import FIELDS, SCHEMA_VERSION, DataError, Window, check_array, field_shape
+from .schema import (FIELDS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, DataError, Window, check_array, field_shape,
+                     fields_of_version, future_from_next)
 
 MANIFEST = "manifest.json"
 SCHEMA_KEY = b"oss.schema_version"
@@ -35,13 +36,14 @@ def shard_key(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def arrow_schema(window: int, in_size, out_size) -> pa.Schema:
+def arrow_schema(window: int, in_size, out_size, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """The Arrow schema of a shard (`version` < SCHEMA_VERSION writes an older layout, for compatibility tests)."""
     columns = [
-        pa.field(name, pa.fixed_shape_tensor(pa.from_numpy_dtype(dtype), [window, *field_shape(name, in_size, out_size)]))
-        for name, (dtype, _, _) in FIELDS.items()
+        pa.field(name, pa.fixed_shape_tensor(pa.from_numpy_dtype(FIELDS[name][0]), [window, *field_shape(name, in_size, out_size)]))
+        for name in fields_of_version(version)
     ]
     columns += [pa.field("sequence", pa.string()), pa.field("start", pa.int32()), pa.field("source", pa.string())]
-    return pa.schema(columns, metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()})
+    return pa.schema(columns, metadata={SCHEMA_KEY: str(version).encode()})
 
 
 def encode_windows(windows: list[Window], schema: pa.Schema) -> bytes:
@@ -51,7 +53,7 @@ def encode_windows(windows: list[Window], schema: pa.Schema) -> bytes:
             schema.field(name).type,
             pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack([getattr(w, name) for w in windows])).storage,
         )
-        for name in FIELDS
+        for name in FIELDS if name in schema.names
     }
     columns["sequence"] = pa.array([w.sequence for w in windows], pa.string())
     columns["start"] = pa.array([w.start for w in windows], pa.int32())
@@ -61,7 +63,8 @@ def encode_windows(windows: list[Window], schema: pa.Schema) -> bytes:
     # No dictionary encoding (it never pays off on pixels and makes float16 decoding ~5x slower);
     # byte-stream-split + zstd shrinks float pixels by about a third.
     pq.write_table(table, sink, compression="zstd", compression_level=1, use_dictionary=["sequence", "source"],
-                   use_byte_stream_split=[f"{name}.list.element" for name, (dtype, _, _) in FIELDS.items() if dtype.kind == "f"],
+                   use_byte_stream_split=[f"{name}.list.element" for name, (dtype, _, _) in FIELDS.items()
+                                          if dtype.kind == "f" and name in schema.names],
                    write_page_checksum=True)
     return sink.getvalue().to_pybytes()
 
@@ -71,21 +74,24 @@ def decode_table(table: pa.Table, where: str, window: int, in_size, out_size) ->
     version = (table.schema.metadata or {}).get(SCHEMA_KEY)
     if version is None:
         raise DataError(f"{where}: not an OSS shard (no schema version in its metadata)")
-    if version.decode() != str(SCHEMA_VERSION):
-        raise DataError(f"{where}: schema version {version.decode()} is unknown (this code reads {SCHEMA_VERSION})")
-    missing = [name for name in (*FIELDS, "sequence", "start", "source") if name not in table.column_names]
+    version = check_version(version.decode(), where)
+    stored = fields_of_version(version)
+    missing = [name for name in (*stored, "sequence", "start", "source") if name not in table.column_names]
     if missing:
         raise DataError(f"{where}: missing columns {missing}")
     arrays = {}
-    for name in FIELDS:
+    for name in stored:
         column = table.column(name).combine_chunks()
         if not isinstance(column, pa.FixedShapeTensorArray):
             raise DataError(f"{where}: column '{name}' has type {column.type}, expected a fixed-shape tensor")
         arrays[name] = column.to_numpy_ndarray()
     windows = []
     for row in range(table.num_rows):
+        fields = {name: arrays[name][row] for name in stored}
+        if "gt_future" not in fields:  # a version-1 shard: the next frame is the future, at alpha 1
+            fields["gt_future"], fields["future_alpha"] = future_from_next(fields["gt"])
         item = Window(
-            **{name: arrays[name][row] for name in FIELDS},
+            **fields,
             sequence=table.column("sequence")[row].as_py(),
             start=table.column("start")[row].as_py(),
             source=table.column("source")[row].as_py(),
@@ -95,14 +101,23 @@ def decode_table(table: pa.Table, where: str, window: int, in_size, out_size) ->
     return windows
 
 
+def check_version(version, where: str) -> int:
+    """The schema version as an int, or a DataError naming `where` when this code cannot read it."""
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        number = None
+    if number not in READABLE_SCHEMA_VERSIONS:
+        raise DataError(f"{where}: schema version {version} is unknown (this code reads {list(READABLE_SCHEMA_VERSIONS)})")
+    return number
+
+
 def read_manifest(storage: Storage) -> dict:
     if not storage.exists(MANIFEST):
         hint = " (shards present: an unfinished build)" if storage.list() else ""
         raise DataError(f"{storage.url(MANIFEST)}: no manifest, not a finished dataset{hint}")
     manifest = storage.read_json(MANIFEST)
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{storage.url(MANIFEST)}: schema version {version!r} is unknown (this code reads {SCHEMA_VERSION})")
+    check_version(manifest.get("schema_version"), storage.url(MANIFEST))
     return manifest
 
 
@@ -218,7 +233,8 @@ class ShardDataset:
     """A map-style torch Dataset over a built dataset: item i is one window as float32 tensors.
 
     Returns {"lr": [K,3,h,w], "gt": [K,3,H,W], "motion": [K,2,h,w], "depth": [K,1,h,w],
-    "disocclusion": [K,1,h,w], "jitter": [K,2], "sequence": str, "start": int}.
+    "disocclusion": [K,1,h,w], "jitter": [K,2], "gt_future": [K,3,H,W], "future_alpha": [K,1],
+    "sequence": str, "start": int}.
     """
 
     def __init__(self, storage: Storage, shards: list[str] | None = None):
@@ -270,9 +286,9 @@ class ShardDataset:
         return sample
 
 
-def check_batch(batch: dict[str, np.ndarray], window: int, in_size, out_size) -> dict[str, np.ndarray]:
-    """Ray Data map_batches step: check every field of every row against the schema."""
-    for name in FIELDS:
+def check_batch(batch: dict[str, np.ndarray], window: int, in_size, out_size, version: int = SCHEMA_VERSION) -> dict[str, np.ndarray]:
+    """Ray Data map_batches step: check every field the shards' schema version stores, in every row."""
+    for name in fields_of_version(version):
         shape = (window, *field_shape(name, in_size, out_size))
         for row, value in enumerate(batch[name]):
             where = f"ray dataset window {batch['sequence'][row]}@{batch['start'][row]}"
@@ -287,5 +303,6 @@ def ray_dataset(storage: Storage):
     manifest = read_manifest(storage)
     paths = [storage.arrow_path(shard["key"]) for shard in manifest["shards"]]
     dataset = ray.data.read_parquet(paths, filesystem=storage.arrow_filesystem())
-    shapes = dict(window=manifest["window"], in_size=manifest["in_size"], out_size=manifest["out_size"])
+    shapes = dict(window=manifest["window"], in_size=manifest["in_size"], out_size=manifest["out_size"],
+                  version=check_version(manifest["schema_version"], storage.url(MANIFEST)))
     return dataset.map_batches(check_batch, batch_format="numpy", fn_kwargs=shapes)

@@ -23,7 +23,9 @@ Per frame:
 - ground truth at output resolution, `gt_samples` (>= 16) stratified samples per pixel;
 - the render at input resolution, ONE sample per pixel at that frame's Halton(2,3) jitter;
 - motion vectors at unjittered render-pixel centres (current -> previous, render pixels),
-  depth at the jittered sample, disocclusion mask (surface hidden or off-screen last frame).
+  depth at the jittered sample, disocclusion mask (surface hidden or off-screen last frame);
+- the ground truth at t + alpha, alpha drawn per frame from (0, 1] (seeded by scene and frame):
+  the frame-extrapolation target.
 """
 
 from __future__ import annotations
@@ -391,22 +393,43 @@ class SynthScene:
         cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
         return cols * sx, rows * sy, sx, sy
 
+    def future_alpha(self, k: int) -> float:
+        """Frame k's extrapolation time in (0, 1] frames, fixed by the scene seed and k."""
+        return 1.0 - float(np.random.default_rng([self.seed, k, 7]).random())
+
+    def disoccluded_between(self, t_from: float, t_to: float) -> np.ndarray:
+        """[H, W] bool: output pixels at time t_to whose surface was hidden or off-screen at t_from
+        (the renderer's exact answer, for scoring extrapolation on uncovered pixels only)."""
+        height, width = self.out_size
+        cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+        _, _, ids = self.shade(t_to, cols, rows)
+        previous = self._map_back(ids, np.stack([cols.ravel(), rows.ravel()]), t_to, t_from)
+        _, _, ids_before = self.shade(t_from, previous[0], previous[1])
+        off_screen = (previous[0] < 0) | (previous[0] >= width) | (previous[1] < 0) | (previous[1] >= height)
+        return ((ids_before != ids) | off_screen).reshape(height, width)
+
+    def _map_back(self, ids: np.ndarray, points: np.ndarray, t_now: float, t_before: float) -> np.ndarray:
+        """[2, N] output-pixel positions at t_before of the surfaces `ids` seen at `points` [2, N] at t_now."""
+        now, before = self.layer_table(t_now), self.layer_table(t_before)
+        matrix_now = now[ids][:, [A0, A1, A3, A4]].reshape(-1, 2, 2)
+        matrix_before = before[ids][:, [A0, A1, A3, A4]].reshape(-1, 2, 2)
+        local = np.einsum("nij,jn->in", matrix_now, points) + now[ids][:, [A2, A5]].T
+        return np.linalg.solve(matrix_before, (local - before[ids][:, [A2, A5]].T).T[..., None])[..., 0].T
+
     def render_frame(self, k: int) -> Frame:
-        """Frame k: jittered render, ground truth, motion vectors, depth, disocclusion, jitter."""
+        """Frame k: jittered render, ground truth, motion vectors, depth, disocclusion, jitter, and the
+        ground truth at k + future_alpha(k)."""
         h, w = self.in_size
         height, width = self.out_size
         jitter = jitter_offset(k, self.ratio)
+        alpha = self.future_alpha(k)
         centre_x, centre_y, sx, sy = self._pixel_grid()
         color, depth, _ = self.shade(k, centre_x + jitter[0] * sx, centre_y + jitter[1] * sy)
 
         # Motion: the surface under each unjittered centre, mapped back through its layer's affine.
         _, _, ids = self.shade(k, centre_x, centre_y)
-        now, before = self.layer_table(k), self.layer_table(k - 1)
         points = np.stack([centre_x.ravel(), centre_y.ravel()])
-        matrix_now = now[ids][:, [A0, A1, A3, A4]].reshape(-1, 2, 2)
-        matrix_before = before[ids][:, [A0, A1, A3, A4]].reshape(-1, 2, 2)
-        local = np.einsum("nij,jn->in", matrix_now, points) + now[ids][:, [A2, A5]].T
-        previous = np.linalg.solve(matrix_before, (local - before[ids][:, [A2, A5]].T).T[..., None])[..., 0].T
+        previous = self._map_back(ids, points, k, k - 1)
         motion = np.stack([(previous[0] - points[0]) / sx, (previous[1] - points[1]) / sy])
 
         # Disoccluded: last frame showed another surface there, or the point was off-screen.
@@ -421,6 +444,8 @@ class SynthScene:
             depth=depth.reshape(1, h, w).astype(np.float32),
             disocclusion=disoccluded.reshape(1, h, w).astype(np.uint8),
             jitter=jitter,
+            gt_future=self.render_gt(k + alpha),
+            future_alpha=np.array([alpha], np.float32),
         )
 
 

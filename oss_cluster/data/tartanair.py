@@ -256,7 +256,20 @@ def flow_check(trajectory: Trajectory, intrinsics: Intrinsics = TARTANAIR, max_p
 
 
 def trajectory_frames(trajectory: Trajectory, ratio: float, intrinsics: Intrinsics = TARTANAIR) -> Iterator[Frame]:
-    """Frames of one trajectory in the sample schema (frame 0 has no history: zero motion, all disoccluded)."""
+    """Frames of one trajectory in the sample schema (frame 0 has no history: zero motion, all
+    disoccluded). The dataset has no fractional times: each frame's extrapolation target is the next
+    frame at alpha 1, and the last frame has none (alpha 0)."""
+    pending = None
+    for fields in _trajectory_fields(trajectory, ratio, intrinsics):
+        if pending is not None:
+            yield Frame(**pending, gt_future=fields["gt"], future_alpha=np.ones(1, np.float32))
+        pending = fields
+    if pending is not None:
+        yield Frame(**pending, gt_future=pending["gt"], future_alpha=np.zeros(1, np.float32))
+
+
+def _trajectory_fields(trajectory: Trajectory, ratio: float, intrinsics: Intrinsics) -> Iterator[dict]:
+    """Each frame's schema fields except the extrapolation target."""
     out_size = (intrinsics.height, intrinsics.width)
     h, w = input_size_for(out_size, ratio)
     sx, sy = intrinsics.width / w, intrinsics.height / h
@@ -281,7 +294,7 @@ def trajectory_frames(trajectory: Trajectory, ratio: float, intrinsics: Intrinsi
             hidden = z > seen_depth * (1 + OCCLUSION_TOLERANCE) + OCCLUSION_MARGIN_M
             disoccluded = off_screen | hidden
         previous_depth = depth
-        yield Frame(
+        yield dict(
             lr=np.ascontiguousarray(lr.transpose(2, 0, 1)).astype(np.float16),
             gt=np.ascontiguousarray(gt.transpose(2, 0, 1)).astype(np.float16),
             motion=motion,

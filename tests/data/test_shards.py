@@ -149,3 +149,34 @@ def test_wrong_shapes_and_unknown_versions(tmp_path, windows):
     missing.delete("shard-00000.parquet")
     with pytest.raises(DataError, match="shard listed in the manifest is missing"):
         read_shard(missing, "shard-00000.parquet")
+
+
+def test_version_1_shards_still_read_with_the_next_frame_as_the_future(tmp_path, windows):
+    """Shards written before schema version 2 (no gt_future / future_alpha columns) still read: each
+    frame's extrapolation target is the next frame at alpha 1, none (alpha 0) on a window's last."""
+    from oss_cluster.storage import LocalStorage
+
+    store = LocalStorage(tmp_path)
+    write(store, windows[:1], per_shard=1)
+    manifest = json.loads(store.read_bytes(MANIFEST))
+    manifest["schema_version"] = 1
+    store.write_json(MANIFEST, manifest)
+    old = arrow_schema(K, (12, 16), SIZE, version=1)
+    assert "gt_future" not in old.names
+    store.write_bytes("shard-00000.parquet", encode_windows(windows[:1], old))
+    (back,) = read_shard(store, "shard-00000.parquet")
+    assert np.array_equal(back.gt_future[0], windows[0].gt[1])
+    assert back.future_alpha[:, 0].tolist() == [1.0, 0.0]
+    assert np.array_equal(back.gt, windows[0].gt)
+
+
+def test_synthetic_frames_carry_ground_truth_at_a_fractional_future_time(windows):
+    from oss_cluster.data.synth import SynthScene
+
+    alphas = np.concatenate([w.future_alpha[:, 0] for w in windows])
+    assert ((alphas > 0) & (alphas <= 1)).all() and len(set(alphas.round(3))) > 1
+    scene = SynthScene(SIZE, RATIO, 0, objects=2)  # the scene of the first window (seed 0 x 100003 + 0)
+    first = windows[0]
+    assert first.future_alpha[0, 0] == np.float32(scene.future_alpha(0))
+    assert np.array_equal(first.gt_future[0], scene.render_gt(scene.future_alpha(0)))
+    assert not np.array_equal(first.gt_future[0], first.gt[0])
