@@ -147,9 +147,11 @@ class TuneConfig(Section):
     fusion_magnitude_min: PositiveFloat = 0.1
     fusion_magnitude_max: PositiveFloat = 100.0
     ratios: list[float] = Field(default_factory=lambda: [1.333, 1.5, 2.0], min_length=1)
-    # A key of rank 0's evaluation reports: val_psnr_over_bicubic (dB; comparable across ratios), val_psnr,
-    # val_ssim, val_flip, or any eval/<method>/<metric>.
-    metric: str = "val_psnr_over_bicubic"
+    fx_weights: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # OSS-FX loss weights to try
+    # A key of rank 0's evaluation reports: val_sr_fx (default: SR dB over bicubic + OSS-FX dB over the
+    # depth-aware forward warp at alpha 0.5, so a sweep values both), val_psnr_over_bicubic (dB;
+    # comparable across ratios), val_fx_over_depth_warp, val_psnr, val_ssim, val_flip, or any eval/<method>/<metric>.
+    metric: str = "val_sr_fx"
     mode: Literal["max", "min"] = "max"
     max_steps: PositiveInt = 200  # training steps per trial
     grace_period: PositiveInt = 20  # ASHA's first rung, in steps; evaluations (train.eval_every) should reach it

@@ -33,6 +33,7 @@ from .train.distributed import check_worker_resources, cluster_node_types, ensur
 SWEEPS_PREFIX = "sweeps"
 TUNE_FOLDER = "tune"
 FUSION_KEY = "fusion_magnitude"
+FX_WEIGHT_KEY = "fx_weight"
 RATIO_KEY = "ratio"
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes of Ray's logical memory resource per trial driver
 
@@ -55,10 +56,13 @@ class SweepResult:
     uris: dict[str, str]  # label -> full URI / path of what was written
 
 
-def trial_config(base: ExperimentConfig, fusion_magnitude: float, ratio: float, steps: int | None = None) -> ExperimentConfig:
+def trial_config(base: ExperimentConfig, fusion_magnitude: float, ratio: float, steps: int | None = None,
+                 fx_weight: float | None = None) -> ExperimentConfig:
     """The base experiment with one trial's parameters (and optionally a step budget) applied."""
     raw = config_to_dict(base)
     raw["model"]["options"][FUSION_KEY] = float(fusion_magnitude)
+    if fx_weight is not None:
+        raw["model"]["options"][FX_WEIGHT_KEY] = float(fx_weight)
     raw["data"]["ratio"] = float(ratio)
     if steps is not None:
         raw["train"]["steps"] = int(steps)
@@ -82,7 +86,8 @@ def search_space(cfg: ExperimentConfig) -> dict:
     from ray import tune
 
     return {FUSION_KEY: tune.loguniform(cfg.tune.fusion_magnitude_min, cfg.tune.fusion_magnitude_max),
-            RATIO_KEY: tune.choice(list(cfg.tune.ratios))}
+            RATIO_KEY: tune.choice(list(cfg.tune.ratios)),
+            FX_WEIGHT_KEY: tune.choice(list(cfg.tune.fx_weights))}
 
 
 def _forwarder(metric: str, run_name: str):
@@ -102,11 +107,13 @@ def _forwarder(metric: str, run_name: str):
 def run_trial(params: dict, base: dict) -> None:
     """Tune trial driver: one Ray Train run of the base config with this trial's parameters."""
     base_cfg = ExperimentConfig.model_validate(base)
-    cfg = trial_config(base_cfg, params[FUSION_KEY], params[RATIO_KEY], steps=base_cfg.tune.max_steps)
+    cfg = trial_config(base_cfg, params[FUSION_KEY], params[RATIO_KEY], steps=base_cfg.tune.max_steps,
+                       fx_weight=params.get(FX_WEIGHT_KEY))
     storage = storage_from_config(cfg.storage)
     run = RunRegistry(storage).allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg),
                                         node_types=cluster_node_types())
-    print(f"trial: {FUSION_KEY}={params[FUSION_KEY]:.4g} {RATIO_KEY}={params[RATIO_KEY]:g} -> run {run.name}", flush=True)
+    print(f"trial: {FUSION_KEY}={params[FUSION_KEY]:.4g} {RATIO_KEY}={params[RATIO_KEY]:g} "
+          f"{FX_WEIGHT_KEY}={params.get(FX_WEIGHT_KEY)} -> run {run.name}", flush=True)
     train_distributed(cfg, run_name=str(run.name), callbacks=[_forwarder(cfg.tune.metric, str(run.name))])
 
 
@@ -130,6 +137,7 @@ def results_table(results, cfg: ExperimentConfig) -> pd.DataFrame:
             "run_name": last.get("run_name"),
             RATIO_KEY: float(result.config[RATIO_KEY]),
             FUSION_KEY: float(result.config[FUSION_KEY]),
+            FX_WEIGHT_KEY: float(result.config.get(FX_WEIGHT_KEY, math.nan)),
             "steps": step,
             metric: last.get(metric, math.nan),
             f"best_{metric}": (sign * (sign * values).max()) if len(values) else math.nan,
@@ -197,7 +205,9 @@ def plot_metric(table: pd.DataFrame, cfg: ExperimentConfig, title: str) -> bytes
 
 def best_config(base: ExperimentConfig, best: pd.Series) -> ExperimentConfig:
     """The base experiment (its full training schedule) with the best trial's parameters."""
-    return trial_config(base, best[FUSION_KEY], best[RATIO_KEY])
+    fx_weight = best.get(FX_WEIGHT_KEY)
+    return trial_config(base, best[FUSION_KEY], best[RATIO_KEY],
+                        fx_weight=None if fx_weight is None or math.isnan(fx_weight) else fx_weight)
 
 
 def format_table(table: pd.DataFrame, metric: str) -> str:

@@ -128,3 +128,24 @@ def test_taau_never_reads_the_renderer_mask():
     flipped, _ = TAAU().run({**batch, "disocclusion": 1 - batch["disocclusion"]}, out_size)
     removed, _ = TAAU().run({k: v for k, v in batch.items() if k != "disocclusion"}, out_size)
     assert torch.equal(flipped, reference) and torch.equal(removed, reference)
+
+
+def test_depth_aware_forward_warp_keeps_the_nearest_surface_and_fills_holes_from_the_background():
+    """A near square moving right over a far, still background: the naive warp blends the two where
+    the square lands and leaves the old square where it uncovers; the depth-aware warp shows the
+    square whole at its new place and background where it was."""
+    from oss_cluster.baselines import forward_warp
+
+    size = 16
+    image = torch.zeros(1, 3, size, size)
+    image[:, 0] = 1.0  # red background
+    image[:, :, 4:8, 4:8] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]  # green square
+    depth = torch.full((1, 1, size, size), 10.0)
+    depth[..., 4:8, 4:8] = 1.0
+    motion = torch.zeros(1, 2, size, size)
+    motion[:, 0, 4:8, 4:8] = -4.0  # the square was 4 px to the left: it moves right
+    warped = forward_warp(image, motion, 1.0, depth)
+    assert torch.allclose(warped[0, :, 4:8, 8:12], image[0, :, 4:8, 4:8])  # the square, moved, unblended
+    assert torch.allclose(warped[0, :, 4:8, 4:8], image[0, :, 0:4, 0:4])  # uncovered: background
+    naive = forward_warp(image, motion, 1.0)
+    assert not torch.allclose(naive[0, :, 4:8, 4:8], image[0, :, 0:4, 0:4])  # the naive warp leaves the old square

@@ -18,15 +18,15 @@ import torch
 
 from ..data.schema import Window
 from ..metrics import LPIPSGauge
-from .extrapolation import evaluate_extrapolation, format_extrapolation
-from .heldout import HELDOUT_SEED_OFFSET, MIN_EVAL_FRAMES, heldout_midframes, heldout_sequences
+from .extrapolation import FX_ALPHAS, evaluate_extrapolation, format_extrapolation, headline
+from .heldout import HELDOUT_SEED_OFFSET, MIN_EVAL_FRAMES, heldout_futures, heldout_sequences
 from .methods import ModelMethod, anchors
 from .report import flatten_eval, format_eval
 from .scoring import EVAL_BORDER, MOTION_BUCKETS, STEADY_FROM, score, window_tensors
 
 __all__ = [
     "EVAL_BORDER", "HELDOUT_SEED_OFFSET", "MIN_EVAL_FRAMES", "MOTION_BUCKETS", "STEADY_FROM", "evaluate",
-    "evaluate_extrapolation", "flatten_eval", "format_eval", "format_extrapolation", "heldout_midframes",
+    "FX_ALPHAS", "evaluate_extrapolation", "headline", "flatten_eval", "format_eval", "format_extrapolation", "heldout_futures",
     "heldout_sequences", "score", "window_tensors",
 ]
 

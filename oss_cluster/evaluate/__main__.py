@@ -13,6 +13,11 @@ default, held-out synthetic sequences at the run's ratio, size and motion. Writt
         frames.csv    every frame of every method
         strips/<sequence>.png   LR . bicubic . model . GT . |error| (. features) at the last frame
         clips/<sequence>.mp4    ground truth | TAAU | model, side by side, every frame (H.264)
+        clips/<sequence>-sr-fx.mp4   canvas runs: the SR + OSS-FX stream, frames at t, t + 0.5, t + 1, ...
+
+For canvas runs the report also holds OSS-FX beside repeat-last and the depth-aware and naive
+forward warps ("extrapolation"): on held-out sequences at alpha 0.25 / 0.5 / 0.75 against the
+renderer's true intermediate frames; on a dataset at alpha 1 against each next frame.
 
 An existing evaluation is never overwritten: give --tag to write another one beside it.
 """
@@ -35,7 +40,8 @@ from ..export import ExportError, read_manifest, verified_bytes
 from ..runs import RunNameError, RunRegistry
 from ..storage import StorageError, open_storage
 from .clips import encode_mp4, labelled_row
-from .heldout import MIN_EVAL_FRAMES, heldout_sequences
+from .extrapolation import FX_ALPHAS, evaluate_extrapolation, format_extrapolation, next_frame_futures
+from .heldout import MIN_EVAL_FRAMES, heldout_futures, heldout_sequences
 from .methods import ModelMethod, OnnxMethod, anchors
 from .report import format_eval, frames_csv
 from .scoring import STEADY_FROM, uint8_image, score, window_tensors
@@ -179,13 +185,25 @@ def evaluate_command(args) -> int:
         storage.write_bytes(strip_key, png_bytes(strip))
         written[sequence.sequence] = {"clip": clip_key, "strip": strip_key, "frames": len(frames[index]),
                                       "clip_size": list(frames[index][0].shape[1::-1]), "clip_fps": args.clip_fps}
+    extrapolation = None
+    if isinstance(method, ModelMethod) and hasattr(method.model, "extrapolate"):  # canvas runs: OSS-FX
+        futures = (next_frame_futures(sequences) if args.data else
+                   heldout_futures(cfg, sequences[0].length, FX_ALPHAS, count=len(sequences)))
+        extrapolation = evaluate_extrapolation(method.model, sequences, futures, stream_sequences=clipped)
+        for index, stream in enumerate(extrapolation.pop("streams")):
+            name = _file_name(sequences[index].sequence, index)
+            stream_key = f"{prefix}/clips/{name}-sr-fx.mp4"
+            storage.write_bytes(stream_key, encode_mp4(stream, 2 * args.clip_fps))
+            written[sequences[index].sequence].update(sr_fx_clip=stream_key, sr_fx_frames=len(stream))
     storage.write_bytes(f"{prefix}/frames.csv", frames_csv(rows))
-    report = {"summary": summary, "source": source, "dataset": {"label": data_label, **dataset},
+    report = {"summary": summary, "extrapolation": extrapolation, "source": source, "dataset": {"label": data_label, **dataset},
               "sequences": [{"name": s.sequence, "frames": s.length} for s in sequences], "media": written,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv}
     storage.write_bytes(f"{prefix}/report.json", json.dumps(report, indent=2, default=float).encode())
     run.add_artefact(f"eval_{data_label}_{source_label}", f"{prefix}/report.json")
     print(format_eval(summary))
+    if extrapolation is not None:
+        print(format_extrapolation(extrapolation))
     print(f"report, per-frame CSV, {clipped} strips and clips: {storage.url(prefix)}")
     return 0
 

@@ -35,14 +35,20 @@ def heldout_sequences(cfg: ExperimentConfig, frames: int | None = None, count: i
     return sequences
 
 
-def heldout_midframes(cfg: ExperimentConfig, frames: int, alpha: float, count: int | None = None) -> list[torch.Tensor]:
-    """Ground truth at t + alpha for every frame t of `heldout_sequences` (same scenes): [K, 3, H, W] each."""
+def heldout_futures(cfg: ExperimentConfig, frames: int, alphas=(0.25, 0.5, 0.75), count: int | None = None) -> list[dict]:
+    """For every sequence of `heldout_sequences` (same scenes): {alpha: (ground truth at t + alpha
+    [K, 3, H, W], output pixels disoccluded between t and t + alpha [K, 1, H, W] bool)}, for every
+    frame t. The mask is the renderer's exact answer, for scoring only."""
     data = cfg.data
     count = data.val_sequences if count is None else count
-    mids = []
+    futures = []
     for index in range(count):
         scene = SynthScene(tuple(data.out_size), data.ratio, data.seed * 100003 + HELDOUT_SEED_OFFSET + index,
                            objects=data.objects, gt_samples=data.gt_samples, motion_scale=data.motion_scale,
                            motion=heldout_motion(cfg, index))
-        mids.append(torch.stack([torch.from_numpy(scene.render_gt(k + alpha).astype(np.float32)) for k in range(frames)]))
-    return mids
+        futures.append({alpha: (torch.stack([torch.from_numpy(scene.render_gt(k + alpha).astype(np.float32))
+                                             for k in range(frames)]),
+                                torch.stack([torch.from_numpy(scene.disoccluded_between(k, k + alpha))[None]
+                                             for k in range(frames)]))
+                        for alpha in alphas})
+    return futures

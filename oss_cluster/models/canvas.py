@@ -17,8 +17,12 @@ displacement (velocity) for extrapolation. Each frame:
 `CanvasSR` fuses the rendered canvas into an SR network by cross-attention (queries: SR features;
 keys/values: canvas features around each render pixel), and a `composite_head` blends the network's
 colour with the canvas colour; `fusion_magnitude` scales the canvas at the composite head's input.
-`extrapolate(state, alpha)` renders the canvas with every Gaussian advanced by alpha x velocity and
-composites it the same way: no second network.
+`extrapolate(state, alpha)` advances the whole frame to t + alpha: the network's colour is
+forward-warped by alpha x motion with a depth test and background hole filling (the depth-aware
+baseline's warp), the canvas is rendered with every Gaussian advanced by alpha x its velocity
+(Gaussians the canvas kept behind a foreground surface show where that surface uncovers them), and
+the composite head blends the two as for the SR frame: no second network. Training pulls it toward
+the ground truth at t + alpha (`fx_weight`, see `auxiliary_loss`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register_model
+from ..baselines import forward_warp
 from .raster import covariance_to_conic, rasterize
 from .student import Student
 from .accumulate import empty_history
@@ -125,14 +130,21 @@ def warp_canvas(state: CanvasState, motion: torch.Tensor, newton_steps: int = 2)
     return replace(state, means=q, chol=cholesky_parameters(cov), velocity=q - p)
 
 
-def render_canvas(state: CanvasState, size: tuple[int, int] | None = None, advance: float = 0.0, backend: str = "auto"):
+def per_item(value, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A float or a [B] tensor (e.g. one extrapolation time per batch item) as a [B] tensor."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).expand(batch)
+
+
+def render_canvas(state: CanvasState, size: tuple[int, int] | None = None, advance: float | torch.Tensor = 0.0,
+                  backend: str = "auto"):
     """Rasterize every batch item: ([B, F, H, W] features, [B, 1, H, W] coverage).
 
-    `size` renders at another output size (means and covariances rescale); `advance` moves every
-    Gaussian by advance x velocity first (OSS-FX).
+    `size` renders at another output size (means and covariances rescale); `advance` (a float or one
+    per item, [B]) moves every Gaussian by advance x velocity first (OSS-FX).
     """
     height, width = size or state.size
     scale = state.means.new_tensor([width / state.size[1], height / state.size[0]])
+    advance = per_item(advance, state.means.shape[0], state.means)[:, None, None]
     means = (state.means + advance * state.velocity) * scale
     cov = covariance(state.chol) * (scale[:, None] * scale[None, :]) + EWA_LOW_PASS * torch.eye(2, device=means.device)
     opacity = torch.sigmoid(state.opacity) * state.active
@@ -152,7 +164,7 @@ class CanvasUpdate(nn.Module):
     def __init__(self, features: int, context: int, hidden: int = 32):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(features + context + 3 + 2, hidden), nn.GELU(),
-                                 nn.Linear(hidden, 2 + 3 + features + 1))
+                                 nn.Linear(hidden, 2 + 3 + features + 1 + 2))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
         self.features = features
@@ -163,7 +175,8 @@ class CanvasUpdate(nn.Module):
         delta = self.mlp(inputs) * state.active[..., None]
         f = self.features
         return replace(state, means=state.means + delta[..., :2], chol=state.chol + 0.1 * delta[..., 2:5],
-                       features=state.features + delta[..., 5:5 + f], opacity=state.opacity + delta[..., 5 + f])
+                       features=state.features + delta[..., 5:5 + f], opacity=state.opacity + delta[..., 5 + f],
+                       velocity=state.velocity + delta[..., 6 + f:8 + f])
 
 
 def empty_canvas(batch: int, capacity: int, features: int, size, device, dtype=torch.float32) -> CanvasState:
@@ -182,12 +195,13 @@ def prune(state: CanvasState, margin: float = 8.0) -> CanvasState:
 
 
 def spawn(state: CanvasState, where: torch.Tensor, lr: torch.Tensor, depth: torch.Tensor, jitter: torch.Tensor,
-          seed_features: torch.Tensor, limit: int) -> CanvasState:
+          seed_features: torch.Tensor, limit: int, motion: torch.Tensor | None = None) -> CanvasState:
     """Fill free slots with Gaussians at render pixels where `where` [B, 1, h, w] is set.
 
     A new Gaussian sits at its pixel's jittered sample position, with a round footprint of one
-    render pixel, the pixel's colour and depth, latent features from `seed_features` [B, F-3, h, w]
-    and opacity 0.5. At most `limit` per item and frame, never more than the free slots.
+    render pixel, the pixel's colour and depth, latent features from `seed_features` [B, F-3, h, w],
+    opacity 0.5 and the pixel's motion as its velocity (`motion` [B, 2, h, w], current -> previous
+    render pixels; zero without it). At most `limit` per item and frame, never more than the free slots.
     """
     batch, capacity = state.active.shape
     h, w = lr.shape[-2:]
@@ -213,7 +227,10 @@ def spawn(state: CanvasState, where: torch.Tensor, lr: torch.Tensor, depth: torc
         feats[b, slots] = pixel_features[b, candidates]
         opacity[b, slots] = 0.0
         depths[b, slots] = depth[b, 0].flatten()[candidates]
-        velocity[b, slots] = 0.0
+        if motion is None:
+            velocity[b, slots] = 0.0
+        else:  # previous -> current displacement in output pixels: minus the motion vector
+            velocity[b, slots] = -motion[b].flatten(1)[:, candidates].T * motion.new_tensor([sx, sy])
         active[b, slots] = True
     return CanvasState(means, chol, feats, opacity, depths, velocity, active, state.size)
 
@@ -269,11 +286,12 @@ class CanvasSR(TemporalSR):
     stateful = True
 
     def __init__(self, widths=(16, 32, 64), blocks=2, hidden=64, canvas_features=8, capacity=4096,
-                 spawn_per_frame=2048, fusion_magnitude=1.0, aux_weight=0.5, backend="auto", temporal=True, sub=2):
+                 spawn_per_frame=2048, fusion_magnitude=1.0, aux_weight=0.5, fx_weight=1.0, backend="auto",
+                 temporal=True, sub=2):
         super().__init__(temporal=temporal, sub=sub, head_channels=widths[0], head_kernel=1)
         self.config = dict(widths=tuple(widths), blocks=blocks, hidden=hidden, canvas_features=canvas_features,
                            capacity=capacity, spawn_per_frame=spawn_per_frame, fusion_magnitude=fusion_magnitude,
-                           aux_weight=aux_weight, backend=backend, temporal=temporal, sub=sub)
+                           aux_weight=aux_weight, fx_weight=fx_weight, backend=backend, temporal=temporal, sub=sub)
         self.network = Student(widths=widths, blocks=blocks, hidden=hidden, separable=False, temporal=temporal, sub=sub)
         self.head = self.network.head
         self.seed = nn.Conv2d(widths[0], canvas_features - 3, 1)
@@ -289,7 +307,8 @@ class CanvasSR(TemporalSR):
         raise TypeError("CanvasSR is stateful: run it with step() / run_window()")
 
     def step(self, frame: dict, state, out_size):
-        """One frame -> (output [B, 3, H, W], state = (the network's history buffer, CanvasState, network colour, depth)).
+        """One frame -> (output [B, 3, H, W], state = (the network's history buffer, CanvasState,
+        network colour, depth, motion)).
 
         Disocclusion (where history is dropped and Gaussians spawn) is derived from the previous and
         current depth and the motion, like every other model's."""
@@ -299,41 +318,66 @@ class CanvasSR(TemporalSR):
             previous, previous_depth = empty_history(lr, out_size)
             canvas = empty_canvas(batch, self.config["capacity"], self.config["canvas_features"], out_size, lr.device, lr.dtype)
         else:
-            previous, canvas, _, previous_depth = state
+            previous, canvas, _, previous_depth, _ = state
             canvas = warp_canvas(canvas, motion)
         disocclusion = derive_disocclusion(depth, motion, previous_depth)
         reprojected = self.reproject(lr, depth, jitter, motion, previous_depth, previous)
         features = self.features(self.assemble(lr, depth, jitter, motion, reprojected))
         canvas = prune(self.update(canvas, features))
-        canvas = spawn(canvas, disocclusion, lr, depth, jitter, self.seed(features), self.config["spawn_per_frame"])
+        canvas = spawn(canvas, disocclusion, lr, depth, jitter, self.seed(features), self.config["spawn_per_frame"], motion)
         rendered, coverage = render_canvas(canvas, backend=self.config["backend"])
         network, buffer = self.reconstruct(features, rendered, lr, jitter, reprojected)
         output = self.composite_head(network, rendered, coverage)
+        state = (buffer, canvas, network, depth, motion)
         self.last_window.append({"canvas": rendered, "coverage": coverage, "output": output,
-                                 "inputs": (features, lr, jitter, reprojected)})
-        return output, (buffer, canvas, network, depth)
+                                 "inputs": (features, lr, jitter, reprojected), "state": state})
+        return output, state
 
     def reconstruct(self, features, rendered, lr, jitter, reprojected):
         """The network's colour and history buffer: canvas fused into the SR features by cross-attention, then the head."""
         return self.head(features + self.fusion(features, rendered), lr, jitter, reprojected, self.accumulator)
 
-    def extrapolate(self, state, alpha: float) -> torch.Tensor:
-        """OSS-FX: the frame at t + alpha: the canvas rendered with every Gaussian advanced by
-        alpha x velocity, composited over the current network colour by the same head (alpha = 0
-        reproduces the current output)."""
-        _, canvas, network, _ = state
+    def extrapolate(self, state, alpha: float | torch.Tensor) -> torch.Tensor:
+        """OSS-FX: the frame at t + alpha (a float, or [B] one per item) [B, 3, H, W]: the network
+        colour forward-warped by alpha x motion (nearest surface wins, holes filled from the
+        background), the canvas rendered with every Gaussian advanced by alpha x velocity, blended
+        by the same composite head (alpha = 0 reproduces the current output)."""
+        _, canvas, network, depth, motion = state
+        alpha = per_item(alpha, network.shape[0], network)
+        advanced = forward_warp(network, motion, alpha, depth)
         rendered, coverage = render_canvas(canvas, advance=alpha, backend=self.config["backend"])
-        return self.composite_head(network, rendered, coverage)
+        return self.composite_head(advanced, rendered, coverage)
 
     def auxiliary_loss(self, batch: dict, eps: float = 1e-3) -> torch.Tensor:
-        """aux_weight x Charbonnier of the canvas colour to the ground truth where the canvas covers
-        (over the last window): keeps the canvas a picture of the frame, so extrapolating it means something."""
+        """Over the last window: aux_weight x Charbonnier of the canvas colour to the ground truth
+        where the canvas covers (keeps the canvas a picture of the frame), plus fx_weight x
+        Charbonnier of `extrapolate(state_k, alpha_k)` to the ground truth at t + alpha_k
+        (batch["gt_future"], batch["future_alpha"]: alpha drawn from (0, 1] per frame by the data;
+        frames with alpha 0 have no future and are skipped)."""
+        return self.canvas_loss(batch, eps) + self.extrapolation_loss(batch, eps)
+
+    def canvas_loss(self, batch: dict, eps: float = 1e-3) -> torch.Tensor:
         terms = []
         for k, record in enumerate(self.last_window):
             diff = record["canvas"][:, :3] - batch["gt"][:, k] * record["coverage"]  # both premultiplied
             terms.append(torch.sqrt(diff**2 + eps * eps).mean())
         loss = torch.stack(terms).mean() if terms else batch["gt"].new_zeros(())
         return self.config["aux_weight"] * loss
+
+    def extrapolation_loss(self, batch: dict, eps: float = 1e-3) -> torch.Tensor:
+        zero = batch["gt"].new_zeros(())
+        if not self.config["fx_weight"] or "gt_future" not in batch:
+            return zero
+        terms = []
+        for k, record in enumerate(self.last_window):
+            alpha = batch["future_alpha"][:, k, 0]  # [B]
+            has_future = (alpha > 0).to(alpha.dtype)
+            if not bool(has_future.any()):
+                continue
+            extrapolated = self.extrapolate(record["state"], alpha)
+            per_item_loss = torch.sqrt((extrapolated - batch["gt_future"][:, k]) ** 2 + eps * eps).mean(dim=(1, 2, 3))
+            terms.append((per_item_loss * has_future).sum() / has_future.sum())
+        return self.config["fx_weight"] * torch.stack(terms).mean() if terms else zero
 
     def contribution(self) -> float:
         """Mean |output - output with the canvas zeroed (fusion and composite)| over the last window."""

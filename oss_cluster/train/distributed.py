@@ -32,7 +32,7 @@ from ..runs import RunName, RunRegistry
 from ..storage import Storage, storage_from_config
 from ..evaluate import (
     MIN_EVAL_FRAMES, evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation,
-    heldout_midframes, heldout_sequences, window_tensors,
+    headline, heldout_futures, heldout_sequences, window_tensors,
 )
 from ..evaluate.strips import model_strip, png_bytes
 from .local import lr_at, random_crop, shards_storage, training_clips, training_loss
@@ -172,7 +172,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tags = {"run": loop_config["run_name"]}
     heldout = heldout_sequences(cfg, frames=loop_config["eval_frames"]) if rank == 0 else []
     if rank == 0 and hasattr(model, "extrapolate"):  # canvas models: OSS-FX against the true mid frames
-        heldout = (heldout, heldout_midframes(cfg, loop_config["eval_frames"], 0.5))
+        heldout = (heldout, heldout_futures(cfg, loop_config["eval_frames"]))
     micro = cfg.train.batch_size
     started, first_step = time.perf_counter(), step
     warm = None  # (time, step) after the first step: rates exclude its one-off warm-up
@@ -265,12 +265,12 @@ def _hours_since(iso_time: str | None) -> float:
 
 def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
     model.eval()
-    heldout, mids = heldout if isinstance(heldout, tuple) else (heldout, None)
+    heldout, futures = heldout if isinstance(heldout, tuple) else (heldout, None)
     result = evaluate(model, heldout)
     print(f"eval step {step}:\n{format_eval(result)}", flush=True)
-    if mids is not None:
-        result["extrapolation"] = evaluate_extrapolation(model, heldout, mids)
-        print(f"eval step {step} OSS-FX: {format_extrapolation(result['extrapolation'])}", flush=True)
+    if futures is not None:
+        result["extrapolation"] = evaluate_extrapolation(model, heldout, futures)
+        print(f"eval step {step} {format_extrapolation(result['extrapolation'])}", flush=True)
     strip_key = run.key("strips", f"step-{step:07d}.png")
     run.storage.write_bytes(strip_key, png_bytes(model_strip(model, window_tensors(heldout[0]))))
     run.add_artefact("latest_strip", strip_key)
@@ -285,6 +285,10 @@ def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
                   val_flip=result["model"]["flip"],
                   # Comparable across SR ratios (raw PSNR always favours the smaller ratio).
                   val_psnr_over_bicubic=result["model"]["psnr_rgb"] - result["bicubic"]["psnr_rgb"])
+    if "extrapolation" in result:  # canvas models: OSS-FX at alpha 0.5 over the depth-aware forward warp
+        fx = headline(result["extrapolation"])
+        report["val_fx_over_depth_warp"] = fx["oss_fx"]["psnr_rgb"] - fx["depth_warp"]["psnr_rgb"]
+        report["val_sr_fx"] = report["val_psnr_over_bicubic"] + report["val_fx_over_depth_warp"]
     return report
 
 

@@ -22,12 +22,12 @@ import torch
 
 from ..config import ConfigError, ExperimentConfig, TrainConfig, config_to_dict, load_config, warmup_frames
 from ..data.clips import Clips, WindowList
-from ..data.schema import DataError
+from ..data.schema import FIELDS, DataError
 from ..data.shards import ShardDataset
 from ..data.synth import synth_windows
 from ..evaluate import (
     MIN_EVAL_FRAMES, evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation,
-    heldout_midframes, heldout_sequences, window_tensors,
+    heldout_futures, heldout_sequences, window_tensors,
 )
 from ..losses import charbonnier, window_loss
 from ..models import build_model
@@ -35,7 +35,8 @@ from ..models.temporal import run_window
 from ..runs import Run, RunRegistry
 from ..storage import open_storage, storage_from_config
 
-LR_KEYS = ("lr", "motion", "depth", "disocclusion")
+LR_KEYS = tuple(name for name, (_, _, resolution) in FIELDS.items() if resolution == "lr")
+GT_KEYS = tuple(name for name, (_, _, resolution) in FIELDS.items() if resolution == "gt")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -67,7 +68,8 @@ def random_crop(sample: dict, crop_out: int, rng: np.random.Generator) -> dict:
     cropped = dict(sample)
     for key in LR_KEYS:
         cropped[key] = sample[key][..., rows_in, cols_in]
-    cropped["gt"] = sample["gt"][..., rows_out, cols_out]
+    for key in GT_KEYS:
+        cropped[key] = sample[key][..., rows_out, cols_out]
     return cropped
 
 
@@ -164,7 +166,7 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
     evaluating = final_eval or train.eval_every <= train.steps
     heldout = heldout_sequences(cfg, frames=eval_frames) if evaluating else []
     extrapolates = hasattr(model, "extrapolate")
-    mids = heldout_midframes(cfg, eval_frames, 0.5) if evaluating and extrapolates else []
+    futures = heldout_futures(cfg, eval_frames) if evaluating and extrapolates else []
     if run is not None:
         run.mark_started()
     started, step, samples, last_eval = time.perf_counter(), 0, 0, {}
@@ -173,8 +175,8 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
         result = evaluate(model, heldout)
         log(f"eval step {step}:\n{format_eval(result)}")
         if extrapolates:
-            result["extrapolation"] = evaluate_extrapolation(model, heldout, mids)
-            log(f"eval step {step} OSS-FX: {format_extrapolation(result['extrapolation'])}")
+            result["extrapolation"] = evaluate_extrapolation(model, heldout, futures)
+            log(f"eval step {step} {format_extrapolation(result['extrapolation'])}")
         if run is not None:
             run.log_eval(step, **flatten_eval(result))
         return result

@@ -108,3 +108,58 @@ def test_renders_at_any_output_ratio():
         # The same picture at a finer grid: mean colour and coverage agree with the base render.
         assert abs(float(image.mean()) - float(base.mean())) < 0.02
         assert abs(float(cover.mean()) - float(base_cover.mean())) < 0.02
+
+
+def test_spawned_gaussians_take_the_local_motion_as_velocity():
+    state = empty_canvas(1, 10, 4, SIZE, "cpu")
+    where = torch.zeros(1, 1, 16, 24)
+    where[0, 0, 5, 7] = 1
+    motion = torch.zeros(1, 2, 16, 24)
+    motion[0, :, 5, 7] = torch.tensor([1.5, -0.5])  # render px, current -> previous
+    grown = spawn(state, where, torch.rand(1, 3, 16, 24), torch.ones(1, 1, 16, 24), torch.zeros(1, 2),
+                  torch.rand(1, 1, 16, 24), limit=100, motion=motion)
+    slot = int(torch.nonzero(grown.active[0])[0, 0])
+    assert torch.allclose(grown.velocity[0, slot], torch.tensor([-3.0, 1.0]))  # output px moved previous -> current
+
+
+def test_extrapolation_term_trains_the_velocity_and_covariance_of_the_gaussians():
+    """A few steps with only the extrapolation loss: its gradient reaches each Gaussian's velocity
+    and covariance, and the per-Gaussian update learns from it."""
+    torch.manual_seed(0)
+    model = build_model("canvas", capacity=300, spawn_per_frame=200, widths=(8, 16, 32), hidden=32, fx_weight=1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = sequence(5)
+    assert (batch["future_alpha"] > 0).all() and (batch["future_alpha"] <= 1).all()
+    update = model.update.mlp[2]  # rows 3 + 2 + F + 1 onwards: the velocity corrections; rows 2..4: the Cholesky factor
+    features = model.config["canvas_features"]
+    for _ in range(3):
+        optimizer.zero_grad()
+        _, _ = run_window(model, batch)
+        for record in model.last_window:  # keep the gradients of the canvas state each extrapolation starts from
+            record["state"][1].velocity.retain_grad()
+            record["state"][1].chol.retain_grad()
+        loss = model.extrapolation_loss(batch)
+        assert loss > 0
+        loss.backward()
+        last = model.last_window[-1]["state"][1]
+        active = last.active
+        assert last.velocity.grad[active].abs().sum() > 0
+        assert last.chol.grad[active].abs().sum() > 0
+        assert update.weight.grad[6 + features:].abs().sum() > 0  # velocity rows of the update
+        assert update.weight.grad[2:5].abs().sum() > 0  # covariance rows
+        optimizer.step()
+
+
+def test_extrapolate_advances_the_network_colour_too():
+    """With an empty canvas, OSS-FX is the network colour forward-warped with the depth test."""
+    from oss_cluster.baselines import forward_warp
+
+    model = build_model("canvas", capacity=300, spawn_per_frame=0, widths=(8, 16, 32), hidden=32).eval()
+    batch = sequence(3)
+    with torch.no_grad():
+        _, state = run_window(model, batch)
+        buffer, canvas, network, depth, motion = state
+        assert int(canvas.count) == 0
+        expected = forward_warp(network, motion, 0.5, depth)
+        assert torch.allclose(model.extrapolate(state, 0.5), expected, atol=1e-6)
+        assert not torch.allclose(expected, network)

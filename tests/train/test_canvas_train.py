@@ -26,9 +26,14 @@ def test_short_canvas_run_uses_the_canvas_and_extrapolates(tmp_path):
     evaluation = summary["eval"]
     assert evaluation["model"]["canvas_contribution"] > 0
     fx = evaluation["extrapolation"]
-    assert fx["oss_fx/psnr_rgb"] > fx["repeat_last/psnr_rgb"] + 0.05, fx
-    assert fx["fx_vs_sr_over_motion"] > 0.01  # extrapolated frames differ from SR frames (no H009 collapse)
+    assert fx["alphas"] == [0.25, 0.5, 0.75] and fx["frames"] > 0
+    for alpha in ("a0.25", "a0.5", "a0.75"):
+        for method in ("oss_fx", "repeat_last", "depth_warp", "naive_warp"):
+            assert {"psnr_rgb", "flip", "disoccluded_psnr_rgb", "disoccluded_flip"} <= set(fx[alpha][method]), (alpha, method)
+    half = fx["a0.5"]
+    assert half["oss_fx"]["psnr_rgb"] > half["repeat_last"]["psnr_rgb"] + 0.05, half
+    assert half["fx_vs_sr_over_motion"] > 0.01  # extrapolated frames differ from SR frames (no H009 collapse)
     record = open_storage(cfg.storage.root).read_json(f"runs/{run.name}/metrics.json")
     logged = record["eval_metrics"][-1]
-    assert logged["model/canvas_contribution"] > 0 and "extrapolation/oss_fx/psnr_rgb" in logged
+    assert logged["model/canvas_contribution"] > 0 and "extrapolation/a0.5/oss_fx/disoccluded_psnr_rgb" in logged
     assert any("OSS-FX" in line for line in lines) and any("canvas contribution" in line for line in lines)

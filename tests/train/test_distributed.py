@@ -155,4 +155,19 @@ def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local
     assert name.startswith("canvas-")
     logged = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")["eval_metrics"][-1]
     assert logged["model/canvas_contribution"] > 0
-    assert "extrapolation/oss_fx/psnr_rgb" in logged and "extrapolation/repeat_last/psnr_rgb" in logged
+    assert "extrapolation/a0.5/oss_fx/psnr_rgb" in logged and "extrapolation/a0.5/depth_warp/psnr_rgb" in logged
+    # The evaluation command scores the canvas run's OSS-FX and writes the SR + FX stream clip.
+    from oss_cluster.evaluate.__main__ import main as evaluate_main
+    from oss_cluster.evaluate.clips import decode_mp4
+
+    assert evaluate_main(["--run", name, "--storage", str(tmp_path), "--heldout", "1", "--frames", "32", "--clips", "1",
+                          "--no-video-metric", "--quiet"]) == 0
+    storage = open_storage(str(tmp_path))
+    (report_key,) = [key for key in storage.list(f"runs/{name}/evals") if key.endswith("report.json")]
+    report = storage.read_json(report_key)
+    fx = report["extrapolation"]
+    assert fx["alphas"] == [0.25, 0.5, 0.75] and fx["frames"] == 32 - 8
+    assert set(fx["a0.5"]) >= {"oss_fx", "repeat_last", "depth_warp", "naive_warp", "fx_vs_sr_over_motion"}
+    (media,) = report["media"].values()
+    stream = decode_mp4(storage.read_bytes(media["sr_fx_clip"]))
+    assert len(stream) == media["sr_fx_frames"] == 2 * 32 - 1  # t, t + 0.5, t + 1, ... (no FX before the first motion)

@@ -26,11 +26,14 @@ def test_lr_schedule():
 @pytest.mark.parametrize("h,w,H,W", [(24, 32, 48, 64), (32, 42, 48, 63), (36, 48, 48, 64), (32, 43, 48, 64)])
 def test_random_crop_keeps_exact_alignment(h, w, H, W):
     sample = {"lr": torch.rand(2, 3, h, w), "gt": torch.rand(2, 3, H, W), "motion": torch.rand(2, 2, h, w),
-              "depth": torch.rand(2, 1, h, w), "disocclusion": torch.rand(2, 1, h, w), "jitter": torch.rand(2, 2)}
+              "depth": torch.rand(2, 1, h, w), "disocclusion": torch.rand(2, 1, h, w), "jitter": torch.rand(2, 2),
+              "gt_future": torch.rand(2, 3, H, W), "future_alpha": torch.rand(2, 1)}
+    sample["gt_future"][:] = sample["gt"]
     crop = random_crop(sample, 24, np.random.default_rng(0))
     (ch, cw), (cH, cW) = crop["lr"].shape[-2:], crop["gt"].shape[-2:]
     assert cH * h == ch * H and cW * w == cw * W  # the crop keeps the frame's exact ratio on both axes
     assert crop["motion"].shape[-2:] == (ch, cw)
+    assert torch.equal(crop["gt_future"], crop["gt"])  # the extrapolation target is cropped with the ground truth
 
 
 def smoke(tmp_path, *extra):
