@@ -20,12 +20,15 @@ sys.path.insert(0, str(ROOT / "jobs"))
 
 def test_trial_config_sets_the_swept_keys_and_search_space_follows_tune_section():
     base = load_config(CONFIGS / "tune_smoke.yaml")
-    cfg = trial_config(base, 3.5, 1.5, steps=7)
+    cfg = trial_config(base, 3.5, 1.5, steps=7, fx_weight=0.5)
     assert cfg.model.options["fusion_magnitude"] == 3.5 and cfg.data.ratio == 1.5 and cfg.train.steps == 7
+    assert cfg.model.options["fx_weight"] == 0.5 and "fx_weight" not in base.model.options
     assert base.model.options["fusion_magnitude"] == 1.0 and base.data.ratio == 2.0  # base untouched
     space = search_space(base)
     assert space["ratio"].categories == [1.333, 1.5, 2.0]
     assert (space["fusion_magnitude"].lower, space["fusion_magnitude"].upper) == (0.1, 100.0)
+    assert space["fx_weight"].categories == [0.5, 1.0]
+    assert base.tune.metric == "val_sr_fx"  # canvas sweeps value OSS-FX quality beside SR by default
 
 
 def test_pick_best_prefers_trials_that_ran_the_full_budget():
@@ -59,12 +62,14 @@ def test_smoke_sweep_writes_table_plot_best_config_and_tensorboard_logs(tmp_path
     assert set(table["status"]) <= {"completed", "stopped_early"}, table[["status", "error"]]
     assert (table.loc[table["status"] == "completed", "steps"] == 4).all()
     assert (table.loc[table["status"] == "stopped_early", "steps"] < 4).all()
-    assert (table["status"] == "completed").any() and table["val_psnr_over_bicubic"].notna().all()
+    assert (table["status"] == "completed").any() and table["val_sr_fx"].notna().all()
+    assert set(table["fx_weight"]) <= {0.5, 1.0}
     assert set(table["ratio"]) <= {1.333, 1.5, 2.0} and table["fusion_magnitude"].between(0.1, 100).all()
     for row in table.itertuples():  # every trial is a registered run that says how it ended
         record = store.read_json(f"runs/{row.run_name}/metrics.json")
         assert record["status"] == ("finished" if row.status == "completed" else "stopped_early")
         assert record["config"]["model"]["options"]["fusion_magnitude"] == pytest.approx(row.fusion_magnitude)
+        assert record["config"]["model"]["options"]["fx_weight"] == row.fx_weight
     assert "run_name" in out and "best: run" in out
 
     plot = Image.open(io.BytesIO(store.read_bytes("sweeps/smoke/metric_vs_fusion.png")))
@@ -72,7 +77,7 @@ def test_smoke_sweep_writes_table_plot_best_config_and_tensorboard_logs(tmp_path
 
     best_file = tmp_path / "sweeps" / "smoke" / "best.yaml"
     best = load_config(best_file)
-    winner = table[table["status"] == "completed"].sort_values("val_psnr_over_bicubic").iloc[-1]
+    winner = table[table["status"] == "completed"].sort_values("val_sr_fx").iloc[-1]
     assert best.model.options["fusion_magnitude"] == pytest.approx(winner["fusion_magnitude"])
     assert best.data.ratio == winner["ratio"] and best.train.steps == 200  # the base schedule, not the trial budget
 
@@ -81,7 +86,7 @@ def test_smoke_sweep_writes_table_plot_best_config_and_tensorboard_logs(tmp_path
     events = sorted((tmp_path / "sweeps" / "smoke" / "tune").glob("*/events.out.tfevents.*"))
     assert len(events) == 4
     scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
-    assert any(tag.endswith("val_psnr_over_bicubic") for tag in scalars), scalars
+    assert any(tag.endswith("val_sr_fx") for tag in scalars) and any(tag.endswith("val_psnr_over_bicubic") for tag in scalars), scalars
 
     with pytest.raises(SweepExistsError):  # a sweep's results are never overwritten
         run_sweep(load_config(CONFIGS / "tune_smoke.yaml", [f"storage.root={tmp_path}"]), name="smoke")
