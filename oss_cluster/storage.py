@@ -299,14 +299,10 @@ class S3Storage(Storage):
             endpoint = urlparse(self.endpoint_url)
             options["endpoint_override"] = endpoint.netloc or endpoint.path
             options["scheme"] = endpoint.scheme or "https"
-        import boto3
-
-        credentials = boto3.Session().get_credentials()  # the chain boto3 uses: env, files, roles
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            options.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
-            if frozen.token:
-                options["session_token"] = frozen.token
+        # No keys here: Arrow's S3 client then resolves credentials through the standard AWS chain
+        # (environment, shared credentials/config files, web identity, instance role) wherever the
+        # filesystem is used, and refreshes expiring ones (STS tokens, instance roles) on long runs.
+        # Frozen keys would expire mid-run and travel, pickled, to every Ray worker.
         return pafs.S3FileSystem(**options)
 
     def arrow_path(self, key: str = "") -> str:
@@ -322,6 +318,18 @@ def _chain(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes
     yield first
     yield second
     yield from rest
+
+
+# AWS settings a Ray worker needs to reach the same S3 endpoint: where to look, never a secret. Keys
+# and session tokens stay out of runtime_envs (the Ray dashboard shows them); workers find
+# credentials through the standard chain (their node's instance role, or the files these name).
+AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
+def aws_settings() -> dict[str, str]:
+    """The non-secret AWS_* variables of this process, for Ray workers' runtime_env."""
+    return {name: os.environ[name] for name in AWS_SETTINGS if os.environ.get(name)}
 
 
 def open_storage(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Storage:

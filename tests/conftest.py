@@ -24,15 +24,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """URL of a moto S3 server on 127.0.0.1, started for the session; credentials set in the environment."""
+def s3_endpoint(tmp_path_factory):
+    """URL of a moto S3 server on 127.0.0.1, started for the session. Credentials are in a shared
+    credentials file named by AWS_SHARED_CREDENTIALS_FILE, as a cluster node's profile would be: the
+    standard chain finds them in this process and in Ray workers, and no secret is in any environment."""
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    folder = tmp_path_factory.mktemp("aws")
+    (folder / "credentials").write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing-secret\n")
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+             "AWS_SHARED_CREDENTIALS_FILE")
+    saved = {k: os.environ.get(k) for k in names}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        os.environ.pop(key, None)
+    os.environ.update(AWS_SHARED_CREDENTIALS_FILE=str(folder / "credentials"), AWS_DEFAULT_REGION="us-east-1")
     yield f"http://127.0.0.1:{port}"
     server.stop()
     for key, value in saved.items():
@@ -64,9 +72,11 @@ def storage(request, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_endpoint):
     """One Ray head node for the whole test session, started with `ray start --head` (so jobs can be
-    submitted to its dashboard) and joined by the tests. Yields its addresses."""
+    submitted to its dashboard) and joined by the tests. Yields its addresses. It starts after the S3
+    endpoint so that its worker processes find the endpoint's credentials file through the standard
+    chain, as cluster nodes find theirs (no secret is passed to them)."""
     import ray
 
     ray_bin = str(Path(sys.executable).parent / "ray")

@@ -110,3 +110,28 @@ def test_bad_uris():
         S3Storage("s3://")
     with pytest.raises(StorageError, match="escapes the storage root"):
         LocalStorage("/tmp").read_bytes("../etc/passwd")
+
+
+def test_no_secret_reaches_the_arrow_filesystem_or_the_workers_runtime_env(s3_uri, s3_endpoint, monkeypatch):
+    """Credentials come from the standard chain wherever S3 is used (so expiring tokens refresh): the
+    Arrow filesystem handed to Ray (pickled to every worker) and the workers' runtime_env (shown by the
+    dashboard) carry no key, even when the driver has keys in its environment."""
+    import pickle
+
+    from oss_cluster.storage import open_storage
+    from oss_cluster.storage import aws_settings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "driver-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "driver-secret-value")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "driver-session-token")
+    store = open_storage(s3_uri, endpoint_url=s3_endpoint)
+    store.write_bytes("probe.txt", b"hello")
+    filesystem = store.arrow_filesystem()
+    with filesystem.open_input_stream(store.arrow_path("probe.txt")) as stream:  # it still reads, through the chain
+        assert stream.read() == b"hello"
+    shipped = pickle.dumps(filesystem)
+    for secret in (b"driver-key-id", b"driver-secret-value", b"driver-session-token", b"testing-secret"):
+        assert secret not in shipped
+    settings = aws_settings()
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(settings)
+    assert settings["AWS_SHARED_CREDENTIALS_FILE"]  # where workers find credentials, not the credentials

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage import Storage
+from ..storage import Storage, aws_settings
 from .schema import (FIELDS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, DataError, Window, check_array, field_shape,
                      fields_of_version, future_from_next)
 
@@ -302,7 +302,9 @@ def ray_dataset(storage: Storage):
 
     manifest = read_manifest(storage)
     paths = [storage.arrow_path(shard["key"]) for shard in manifest["shards"]]
-    dataset = ray.data.read_parquet(paths, filesystem=storage.arrow_filesystem())
+    # Read tasks find S3 credentials on their own node (standard chain); they get only where to look.
+    remote_args = {"runtime_env": {"env_vars": aws_settings()}}
+    dataset = ray.data.read_parquet(paths, filesystem=storage.arrow_filesystem(), ray_remote_args=remote_args)
     shapes = dict(window=manifest["window"], in_size=manifest["in_size"], out_size=manifest["out_size"],
                   version=check_version(manifest["schema_version"], storage.url(MANIFEST)))
-    return dataset.map_batches(check_batch, batch_format="numpy", fn_kwargs=shapes)
+    return dataset.map_batches(check_batch, batch_format="numpy", fn_kwargs=shapes, runtime_env=remote_args["runtime_env"])

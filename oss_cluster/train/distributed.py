@@ -29,7 +29,7 @@ from ..checkpoints import STEP_FILE, latest_checkpoint, load_model
 from ..data.build import build_dataset
 from ..data.shards import MANIFEST, ShardDataset
 from ..runs import RunName, RunRegistry
-from ..storage import Storage, storage_from_config
+from ..storage import Storage, aws_settings, storage_from_config
 from ..evaluate import (
     MIN_EVAL_FRAMES, evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation,
     headline, heldout_futures, heldout_sequences, window_tensors,
@@ -347,8 +347,7 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
-            # Workers reach the same S3 endpoint with the driver's credentials.
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
+            worker_runtime_env={"env_vars": aws_settings()},
         ),
     )
     try:
