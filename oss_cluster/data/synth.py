@@ -449,6 +449,12 @@ class SynthScene:
         )
 
 
+def scene_seed(seed: int, index: int) -> int:
+    """The seed of scene `index` of a synthetic dataset built with `seed` (held-out scenes use indices
+    no training build reaches)."""
+    return seed * 100003 + index
+
+
 def synth_windows(
     frames: int, ratio: float, out_size: tuple[int, int], window: int, frames_per_sequence: int = 60,
     seed: int = 0, objects: int = 5, gt_samples: int = 16, first_sequence: int = 0, motion_scale: float = 1.0,
@@ -461,7 +467,7 @@ def synth_windows(
     sequences = math.ceil(frames / frames_per_sequence)
     for index in range(first_sequence, first_sequence + sequences):
         length = min(frames_per_sequence, frames - (index - first_sequence) * frames_per_sequence)
-        scene = SynthScene(out_size, ratio, seed * 100003 + index, objects=objects, gt_samples=gt_samples,
+        scene = SynthScene(out_size, ratio, scene_seed(seed, index), objects=objects, gt_samples=gt_samples,
                            motion_scale=motion_scale, motion=motion)
         name = f"synth-s{seed}-{index:05d}"
         for start in range(0, length - window + 1, window):

@@ -7,7 +7,7 @@ import torch
 
 from ..config import ExperimentConfig, MotionConfig
 from ..data.schema import Window
-from ..data.synth import SynthScene, synth_windows
+from ..data.synth import SynthScene, scene_seed, synth_windows
 
 HELDOUT_SEED_OFFSET = 50_000  # held-out scenes use seeds no training build reaches
 MIN_EVAL_FRAMES = 32  # long enough for a steady state (frames >= STEADY_FROM) to dominate
@@ -43,7 +43,7 @@ def heldout_futures(cfg: ExperimentConfig, frames: int, alphas=(0.25, 0.5, 0.75)
     count = data.val_sequences if count is None else count
     futures = []
     for index in range(count):
-        scene = SynthScene(tuple(data.out_size), data.ratio, data.seed * 100003 + HELDOUT_SEED_OFFSET + index,
+        scene = SynthScene(tuple(data.out_size), data.ratio, scene_seed(data.seed, HELDOUT_SEED_OFFSET + index),
                            objects=data.objects, gt_samples=data.gt_samples, motion_scale=data.motion_scale,
                            motion=heldout_motion(cfg, index))
         futures.append({alpha: (torch.stack([torch.from_numpy(scene.render_gt(k + alpha).astype(np.float32))
