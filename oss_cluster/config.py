@@ -127,6 +127,9 @@ class TrainConfig(Section):
     # Custom resources per worker, e.g. {trainer_heavy: 0.125}: pins workers to cluster.yaml's trainer node types.
     worker_resources: dict[str, PositiveFloat] = Field(default_factory=dict)
     max_failures: NonNegativeInt = 2
+    # Where no node type the autoscaler can launch is known (a driver off the head), how long a worker
+    # request no node can satisfy may wait before the job fails, naming the resource.
+    resource_timeout_s: PositiveFloat = 900.0
     seed: int = 0
 
 
@@ -137,7 +140,8 @@ class DeepSpeedConfig(Section):
 
 
 class StorageConfig(Section):
-    root: str = "./oss-runs"  # a local folder or s3://bucket/prefix
+    root: str = "./oss-runs"  # a local folder or s3://bucket/prefix (multi-node clusters: s3://, or shared=true)
+    shared: bool = False  # a local root that every node mounts (NFS, EFS): allowed on a multi-node cluster
     endpoint_url: str | None = None  # S3 endpoint override; AWS_ENDPOINT_URL when unset
     region: str = "us-east-1"
 
@@ -156,7 +160,7 @@ class TuneConfig(Section):
     max_steps: PositiveInt = 200  # training steps per trial
     grace_period: PositiveInt = 20  # ASHA's first rung, in steps; evaluations (train.eval_every) should reach it
     reduction_factor: float = Field(3.0, gt=1.0)  # ASHA keeps the top 1/reduction_factor at each rung
-    max_concurrent_trials: PositiveInt | None = None  # None: cluster CPUs // train.num_workers
+    max_concurrent_trials: PositiveInt | None = None  # None: all trials may run; resources decide
 
     @model_validator(mode="after")
     def _check(self) -> "TuneConfig":

@@ -110,6 +110,14 @@ class Run:
         self.record["node_types"] = dict(node_types)
         self.save()
 
+    def log_worker_group(self, node_types: dict[str, int], **facts: Any) -> None:
+        """A worker group started (the first, or one Ray Train restarted after a failure): the node types
+        its workers occupy, and facts such as the step it resumed from. Spend is priced per group."""
+        self.record.setdefault("worker_groups", []).append({"started_at": _now(), "node_types": dict(node_types),
+                                                            **facts})
+        self.record["node_types"] = dict(node_types)
+        self.save()
+
     def mark_started(self) -> None:
         self.record.setdefault("attempts", []).append({"started_at": _now(), "host": socket.gethostname()})
         self.record["status"] = "running"

@@ -28,7 +28,7 @@ import yaml
 from .config import ConfigError, ExperimentConfig, config_to_dict, with_absolute_storage
 from .runs import RunRegistry
 from .storage import Storage, storage_from_config
-from .train.distributed import check_worker_resources, cluster_node_types, ensure_dataset, train_distributed
+from .train.distributed import check_cluster, ensure_dataset, train_distributed
 
 SWEEPS_PREFIX = "sweeps"
 TUNE_FOLDER = "tune"
@@ -110,8 +110,7 @@ def run_trial(params: dict, base: dict) -> None:
     cfg = trial_config(base_cfg, params[FUSION_KEY], params[RATIO_KEY], steps=base_cfg.tune.max_steps,
                        fx_weight=params.get(FX_WEIGHT_KEY))
     storage = storage_from_config(cfg.storage)
-    run = RunRegistry(storage).allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg),
-                                        node_types=cluster_node_types())
+    run = RunRegistry(storage).allocate(cfg.family, cfg.version, cfg.tier, config=config_to_dict(cfg))
     print(f"trial: {FUSION_KEY}={params[FUSION_KEY]:.4g} {RATIO_KEY}={params[RATIO_KEY]:g} "
           f"{FX_WEIGHT_KEY}={params.get(FX_WEIGHT_KEY)} -> run {run.name}", flush=True)
     train_distributed(cfg, run_name=str(run.name), callbacks=[_forwarder(cfg.tune.metric, str(run.name))])
@@ -229,20 +228,21 @@ def run_sweep(cfg: ExperimentConfig, name: str | None = None, log=print) -> Swee
     from ray.tune.search import BasicVariantGenerator
 
     check_sweepable(cfg)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    check_cluster(cfg)
     cfg = with_absolute_storage(cfg)  # trials run in Tune's trial folders
     storage = storage_from_config(cfg.storage)
     name = name or _default_name(cfg)
     sweep = storage.child(f"{SWEEPS_PREFIX}/{name}")
     if sweep.list():
         raise SweepExistsError(f"sweep {name!r} already has results at {sweep.uri}; choose another --name")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    check_worker_resources(cfg)
     # Render each ratio's dataset once, here, so concurrent trials never build the same shards.
     for ratio in cfg.tune.ratios:
         ensure_dataset(trial_config(cfg, cfg.tune.fusion_magnitude_min, ratio), storage, log)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    concurrent = cfg.tune.max_concurrent_trials or max(1, int(cpus // cfg.train.num_workers))
+    # Every trial asks for its workers; Ray and the autoscaler run as many at once as nodes can be had
+    # (trials wait for resources, not for a count of the nodes alive at start).
+    concurrent = cfg.tune.max_concurrent_trials or cfg.tune.num_samples
     log(f"sweep {name}: {cfg.tune.num_samples} trials of {cfg.model.name}, {FUSION_KEY} log-uniform "
         f"[{cfg.tune.fusion_magnitude_min:g}, {cfg.tune.fusion_magnitude_max:g}] x {RATIO_KEY} {list(cfg.tune.ratios)}, "
         f"ASHA on {cfg.tune.metric} ({cfg.tune.mode}) over {cfg.tune.max_steps} steps, {concurrent} at a time")

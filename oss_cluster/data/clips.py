@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from .schema import DataError, Window
 
 
@@ -72,6 +74,61 @@ class Clips:
         joined = Window.concat(windows) if len(windows) > 1 else windows[0]
         surplus = joined.length - windows[-1].length - self.warmup
         return joined.frames(surplus) if surplus else joined
+
+
+class ClipStream:
+    """One training rank's clips as an endless stream: epoch after epoch, each a seeded shuffle of `mine`
+    (indices into `clips`) grouped by the shard of each clip's window, so a rank downloads and decodes a
+    shard about once per epoch (twice where warm-up frames reach into the shard before) instead of at
+    almost every step; the shards of the next `ahead` groups are read by a background thread meanwhile.
+
+    clip(i) is the i-th clip of the stream; it depends only on (seed, rank, i), so a resumed run
+    continues the same stream. Sources without shards (in-memory windows) get a plain seeded shuffle.
+    """
+
+    def __init__(self, clips: Clips, mine: Sequence[int], seed: int, rank: int, ahead: int = 2):
+        if not mine:
+            raise ValueError("a clip stream needs at least one clip")
+        self.clips, self.mine, self.seed, self.rank, self.ahead = clips, list(mine), seed, rank, ahead
+        self._shard_of = getattr(clips.source, "shard_of", None)
+        self._epoch: int | None = None
+        self._order: list[int] = []
+        self._group_at: list[int] = []
+        self._group_shards: list[list[str]] = []
+
+    def _plan(self, epoch: int) -> None:
+        if self._epoch == epoch:
+            return
+        rng = np.random.default_rng([self.seed, self.rank, epoch])
+        groups: dict[str, list[int]] = {}
+        for index in self.mine:
+            key = self._shard_of(self.clips.chains[index][-1]) if self._shard_of else ""
+            groups.setdefault(key, []).append(index)
+        keys = sorted(groups)
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        self._order, self._group_at, self._group_shards = [], [], []
+        for number, key in enumerate(keys):
+            members = groups[key]
+            self._order.extend(members[i] for i in rng.permutation(len(members)))
+            self._group_at.extend([number] * len(members))
+            if self._shard_of:
+                self._group_shards.append(sorted({self._shard_of(item) for index in members
+                                                  for item in self.clips.chains[index]}))
+        self._epoch = epoch
+
+    def clip(self, index: int) -> Window:
+        epoch, position = divmod(index, len(self.mine))
+        self._plan(epoch)
+        if self._shard_of:
+            group = self._group_at[position]
+            for shards in self._group_shards[group:group + 1 + self.ahead]:
+                self.clips.source.prefetch(shards)
+        return self.clips.clip(self._order[position])
+
+    def close(self) -> None:
+        close = getattr(self.clips.source, "close", None)
+        if close:
+            close()
 
 
 def whole_sequences(source: WindowSource, min_frames: int = 1) -> list[Window]:

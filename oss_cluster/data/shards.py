@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -237,26 +238,57 @@ class ShardDataset:
     "sequence": str, "start": int}.
     """
 
-    def __init__(self, storage: Storage, shards: list[str] | None = None):
+    def __init__(self, storage: Storage, shards: list[str] | None = None, cache_shards: int = 4):
         self.storage = storage
         self.manifest = read_manifest(storage)
         chosen = [s for s in self.manifest["shards"] if shards is None or s["key"] in shards]
         self.index = [(s["key"], row) for s in chosen for row in range(s["windows"])]
         self._chosen = chosen
         self._keys: list[tuple[str, int, int]] | None = None
-        self._cached: OrderedDict[str, list[Window]] = OrderedDict()  # the last two shards read
+        # Decoded shards most recently used (a clip's windows and their warm-up span a few), and shards
+        # being downloaded and decoded ahead by a background thread (prefetch).
+        self._cached: OrderedDict[str, list[Window]] = OrderedDict()
+        self._cache_shards = max(2, cache_shards)
+        self._ahead: dict[str, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self.reads = 0  # shards downloaded and decoded so far (a data-path figure for benchmarks and tests)
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def shard_of(self, item: int) -> str:
+        """Storage key of the shard holding window `item`."""
+        return self.index[item][0]
+
+    def _read(self, key: str) -> list[Window]:
+        self.reads += 1
+        return read_shard(self.storage, key, self.manifest)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Start downloading and decoding these shards on a background thread (those not held already)."""
+        for key in keys:
+            if key in self._cached or key in self._ahead:
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
+            self._ahead[key] = self._pool.submit(self._read, key)
+
     def window(self, item: int) -> Window:
         key, row = self.index[item]
         if key not in self._cached:
-            self._cached[key] = read_shard(self.storage, key, self.manifest)
-            while len(self._cached) > 2:  # a window and the ones before it span at most two shards
+            future = self._ahead.pop(key, None)
+            self._cached[key] = future.result() if future is not None else self._read(key)
+            while len(self._cached) > self._cache_shards:
                 self._cached.popitem(last=False)
         self._cached.move_to_end(key)
         return self._cached[key][row]
+
+    def close(self) -> None:
+        """Stop the prefetch thread (shards in flight are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
 
     def keys(self) -> list[tuple[str, int, int]]:
         """(sequence, start, frames) of every item: from the manifest, or (datasets built before it

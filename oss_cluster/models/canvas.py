@@ -38,6 +38,7 @@ from ..baselines import forward_warp
 from .raster import covariance_to_conic, rasterize
 from .student import Student
 from .accumulate import empty_history
+from .precision import full_precision
 from .temporal import TemporalSR, derive_disocclusion, gather_subgrid
 
 EWA_LOW_PASS = 0.3  # pixels^2 added to every covariance at render time (gsplat's value)
@@ -62,6 +63,7 @@ class CanvasState:
         return self.active.sum(dim=1)
 
 
+@full_precision
 def covariance(chol: torch.Tensor) -> torch.Tensor:
     """[..., 3] Cholesky parameters -> [..., 2, 2] covariance."""
     l11, l21, l22 = chol[..., 0].exp(), chol[..., 1], chol[..., 2].exp()
@@ -81,13 +83,15 @@ def cholesky_parameters(cov: torch.Tensor) -> torch.Tensor:
     return torch.stack([l11.log(), l21, l22.log()], -1)
 
 
+@full_precision
 def sample_at(field: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear samples of a field [B, C, h, w] (any resolution) at output-pixel points [B, N, 2] -> [B, N, C]."""
     height, width = size
     grid = torch.stack([points[..., 0] / width * 2 - 1, points[..., 1] / height * 2 - 1], -1)[:, :, None, :]
-    return F.grid_sample(field, grid.to(field.dtype), mode="bilinear", padding_mode="border", align_corners=False)[..., 0].transpose(1, 2)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0].transpose(1, 2)
 
 
+@full_precision
 def motion_at(motion: torch.Tensor, points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Motion (current -> previous) at output-pixel points, in output pixels: [B, N, 2]."""
     h, w = motion.shape[-2:]
@@ -105,6 +109,7 @@ def inverse_2x2(matrix: torch.Tensor, min_det: float = 1e-3) -> torch.Tensor:
     return adjugate / det[..., None, None]
 
 
+@full_precision
 def warp_canvas(state: CanvasState, motion: torch.Tensor, newton_steps: int = 2) -> CanvasState:
     """Move the canvas from the previous frame to the current one (EWA covariance resampling).
 
@@ -135,6 +140,7 @@ def per_item(value, batch: int, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device).expand(batch)
 
 
+@full_precision
 def render_canvas(state: CanvasState, size: tuple[int, int] | None = None, advance: float | torch.Tensor = 0.0,
                   backend: str = "auto"):
     """Rasterize every batch item: ([B, F, H, W] features, [B, 1, H, W] coverage).
@@ -194,6 +200,7 @@ def prune(state: CanvasState, margin: float = 8.0) -> CanvasState:
     return replace(state, active=state.active & on_screen & visible)
 
 
+@full_precision
 def spawn(state: CanvasState, where: torch.Tensor, lr: torch.Tensor, depth: torch.Tensor, jitter: torch.Tensor,
           seed_features: torch.Tensor, limit: int, motion: torch.Tensor | None = None) -> CanvasState:
     """Fill free slots with Gaussians at render pixels where `where` [B, 1, h, w] is set.
@@ -316,7 +323,7 @@ class CanvasSR(TemporalSR):
         batch = lr.shape[0]
         if state is None:
             previous, previous_depth = empty_history(lr, out_size)
-            canvas = empty_canvas(batch, self.config["capacity"], self.config["canvas_features"], out_size, lr.device, lr.dtype)
+            canvas = empty_canvas(batch, self.config["capacity"], self.config["canvas_features"], out_size, lr.device)
         else:
             previous, canvas, _, previous_depth, _ = state
             canvas = warp_canvas(canvas, motion)

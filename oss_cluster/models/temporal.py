@@ -15,11 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _output_grid(batch: int, out_size: tuple[int, int], device, dtype) -> torch.Tensor:
-    """Normalised (align_corners=False) coordinates of output pixel centres: [B, H, W, 2] (x, y)."""
+def _output_grid(batch: int, out_size: tuple[int, int], device) -> torch.Tensor:
+    """Normalised (align_corners=False) coordinates of output pixel centres: [B, H, W, 2] (x, y), always
+    fp32 (bf16 would misplace them by up to 2^-8 of the image: see models/precision.py)."""
     height, width = out_size
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height * 2 - 1
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width * 2 - 1
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
     return grid.unsqueeze(0).expand(batch, height, width, 2)
 
@@ -37,18 +38,20 @@ def jitter_resample(image: torch.Tensor, jitter: torch.Tensor, out_size: tuple[i
     With mode "nearest", ties go to the lower sample (see TIE_EPS and `subpixel_offset`).
     """
     batch, _, h, w = image.shape
-    grid = _output_grid(batch, out_size, image.device, image.dtype)
+    grid = _output_grid(batch, out_size, image.device)
+    jitter = jitter.float()
     if mode == "nearest":
         jitter = jitter + TIE_EPS
-    shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1).to(image.dtype)
-    return F.grid_sample(image, grid - shift[:, None, None, :], mode=mode, padding_mode="border", align_corners=False)
+    shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1)
+    return F.grid_sample(image.float(), grid - shift[:, None, None, :], mode=mode, padding_mode="border",
+                         align_corners=False)
 
 
 def upsample_motion(motion: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Motion [B, 2, h, w] in render pixels to [B, 2, H, W] in output pixels (nearest: no blending across edges)."""
     h, w = motion.shape[-2:]
     height, width = out_size
-    up = F.interpolate(motion, size=out_size, mode="nearest")
+    up = F.interpolate(motion.float(), size=out_size, mode="nearest")
     # Sizes stay symbolic (no torch.tensor of Python floats) so ONNX export keeps height/width dynamic.
     return torch.cat([up[:, :1] * (width / w), up[:, 1:] * (height / h)], dim=1)
 
@@ -65,12 +68,12 @@ def warp_previous(previous: torch.Tensor, motion: torch.Tensor, disocclusion: to
     """
     batch, _, height, width = previous.shape
     flow = upsample_motion(motion, (height, width))
-    grid = _output_grid(batch, (height, width), previous.device, previous.dtype)
+    grid = _output_grid(batch, (height, width), previous.device)
     source = grid + torch.stack([flow[:, 0] * 2 / width, flow[:, 1] * 2 / height], dim=-1)
-    warped = F.grid_sample(previous, source, mode=mode, padding_mode="border", align_corners=False)
-    valid = ((source.abs() <= 1).all(dim=-1, keepdim=True)).permute(0, 3, 1, 2).to(previous.dtype)
+    warped = F.grid_sample(previous.float(), source, mode=mode, padding_mode="border", align_corners=False)
+    valid = ((source.abs() <= 1).all(dim=-1, keepdim=True)).permute(0, 3, 1, 2).float()
     if disocclusion is not None:
-        valid = valid * (1 - F.interpolate(disocclusion.to(previous.dtype), size=(height, width), mode="nearest"))
+        valid = valid * (1 - F.interpolate(disocclusion.float(), size=(height, width), mode="nearest"))
     return warped * valid, valid
 
 
@@ -95,15 +98,16 @@ def derive_disocclusion(depth: torch.Tensor, motion: torch.Tensor, previous_dept
     renderer's exact mask (the `disocclusion` data field) is for diagnostics only.
     """
     batch, _, h, w = depth.shape
-    xs = torch.arange(w, device=depth.device, dtype=motion.dtype).view(1, 1, w) + 0.5 + motion[:, 0]
-    ys = torch.arange(h, device=depth.device, dtype=motion.dtype).view(1, h, 1) + 0.5 + motion[:, 1]
+    motion, depth, previous_depth = motion.float(), depth.float(), previous_depth.float()
+    xs = torch.arange(w, device=depth.device, dtype=torch.float32).view(1, 1, w) + 0.5 + motion[:, 0]
+    ys = torch.arange(h, device=depth.device, dtype=torch.float32).view(1, h, 1) + 0.5 + motion[:, 1]
     u, v = xs - 0.5, ys - 0.5  # in sample indices: sample i sits at i
     u0, v0 = torch.floor(u), torch.floor(v)
     right, down = (u - u0) > TIE_EPS, (v - v0) > TIE_EPS  # does the position reach the next sample?
 
     def at(di: int, dj: int) -> torch.Tensor:  # previous depth of sample (v0 + di, u0 + dj), by its exact centre
         grid = torch.stack([(u0 + dj + 0.5) / w * 2 - 1, (v0 + di + 0.5) / h * 2 - 1], dim=-1)
-        return F.grid_sample(previous_depth, grid.to(previous_depth.dtype), mode="nearest", padding_mode="border",
+        return F.grid_sample(previous_depth, grid, mode="nearest", padding_mode="border",
                              align_corners=False)
 
     before = at(0, 0)
@@ -123,8 +127,8 @@ def gather_subgrid(image: torch.Tensor, in_size: tuple[int, int], sub: int) -> t
     """
     batch = image.shape[0]
     h, w = in_size
-    fine = _output_grid(batch, (h * sub, w * sub), image.device, image.dtype)
-    sampled = F.grid_sample(image, fine, mode="bilinear", padding_mode="border", align_corners=False)
+    fine = _output_grid(batch, (h * sub, w * sub), image.device)
+    sampled = F.grid_sample(image.float(), fine, mode="bilinear", padding_mode="border", align_corners=False)
     return F.pixel_unshuffle(sampled, sub)
 
 
@@ -133,8 +137,9 @@ def subpixel_offset(jitter: torch.Tensor, in_size: tuple[int, int], out_size: tu
     sample, the one `jitter_resample(..., mode="nearest")` picks (ties go to the lower sample)."""
     h, w = in_size
     height, width = out_size
-    xs = (torch.arange(width, device=jitter.device, dtype=jitter.dtype) + 0.5) * w / width
-    ys = (torch.arange(height, device=jitter.device, dtype=jitter.dtype) + 0.5) * h / height
+    jitter = jitter.float()
+    xs = (torch.arange(width, device=jitter.device, dtype=torch.float32) + 0.5) * w / width
+    ys = (torch.arange(height, device=jitter.device, dtype=torch.float32) + 0.5) * h / height
     dx = xs.view(1, 1, width) - 0.5 - jitter[:, 0].view(-1, 1, 1)
     dy = ys.view(1, height, 1) - 0.5 - jitter[:, 1].view(-1, 1, 1)
     dx = dx - torch.floor(dx - TIE_EPS + 0.5)

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from ray import serve
 
+from ..cluster import tier_pinning
 from ..config import ConfigError, Section, StorageConfig, TierName
 from ..models.accumulate import HISTORY_CHANNELS
 from ..storage import storage_from_config
@@ -47,7 +48,8 @@ class ServeAppConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tiers: dict[TierName, TierServeConfig] = Field(
         default_factory=lambda: {"pico": TierServeConfig(model="student_pico")}, min_length=1)
-    pin_to_tier_workers: Literal["auto", "required", "off"] = "auto"  # auto: pin when the cluster has tier_<tier>
+    # auto: pin when a node of the cluster (alive, or a node type the autoscaler can launch) has tier_<tier>
+    pin_to_tier_workers: Literal["auto", "required", "off"] = "auto"
     backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
     max_pixels: PositiveInt = 2560 * 1440  # largest accepted input frame (the Heavy tier's render size)
     max_batch_size: PositiveInt = 4
@@ -241,15 +243,13 @@ def build_app(args: dict | None = None):
         cfg = ServeAppConfig.model_validate(args or {})
     except ValidationError as err:
         raise ConfigError(f"serve app args: {err}") from None
-    resources = ray.cluster_resources() if ray.is_initialized() else {}
     upscalers = {}
     for tier, tier_cfg in cfg.tiers.items():
-        resource = f"tier_{tier}"
         options: dict = {"num_cpus": tier_cfg.num_cpus, "num_gpus": tier_cfg.num_gpus}
-        if cfg.pin_to_tier_workers == "required" or (cfg.pin_to_tier_workers == "auto" and resource in resources):
-            options["resources"] = {resource: tier_cfg.tier_resource}
-        elif cfg.pin_to_tier_workers == "auto":
-            print(f"serve: the cluster has no {resource} resource; {tier} replicas run on any worker")
+        if ray.is_initialized():
+            pinned = tier_pinning(tier, tier_cfg.tier_resource, cfg.pin_to_tier_workers, f"serve: {tier} replicas")
+            if pinned:
+                options["resources"] = pinned
         upscalers[tier] = Upscaler.options(name=f"upscaler_{tier}", num_replicas=tier_cfg.replicas,
                                            ray_actor_options=options).bind(tier, tier_cfg.model_dump(),
                                                                            cfg.model_dump(mode="json"))

@@ -16,6 +16,7 @@ import urllib.request
 
 import numpy as np
 
+from ..cluster import tier_pinning
 from ..tiers import TIERS
 
 
@@ -94,22 +95,21 @@ def run_latency(tiers: list[str], manifests: dict[str, dict], storage_cfg: dict 
     """Measure each tier on a Ray task pinned to its target-hardware worker (when the cluster has one)."""
     import ray
 
-    resources = ray.cluster_resources()
     rows = []
     for tier_name in tiers:
-        resource = f"tier_{tier_name}"
         # A small logical CPU share, so the task fits beside the tier's Serve replicas on a small
         # worker; it uses `threads` real threads either way.
         options = {"num_cpus": 0.25}
-        if resource in resources:
-            options["resources"] = {resource: 0.01}
+        pinned = tier_pinning(tier_name, 0.01, "auto", f"latency test of {tier_name}")
+        if pinned:
+            options["resources"] = pinned
         task = ray.remote(measure_tier).options(**options)
         row = ray.get(task.remote(tier_name, manifests[tier_name], storage_cfg, scale, frames, warmup, url, threads))
         tier = TIERS[tier_name]
         ratio = float(manifests[tier_name]["ratio"])
         flops = student_flops_per_frame(manifests[tier_name]["model"], tuple(row["render_size"]), ratio)
         full_flops = student_flops_per_frame(manifests[tier_name]["model"], tier.input_size, ratio)
-        row.update(pinned=resource in resources, target_ms=tier.latency_ms, hardware=tier.reference_gpu,
+        row.update(pinned=bool(pinned), target_ms=tier.latency_ms, hardware=tier.reference_gpu,
                    flops_per_frame=flops, roofline_target_ms=roofline_ms(tier_name, full_flops),
                    scale=scale, source_run=manifests[tier_name].get("source_run"))
         measured = row["in_process_ms"]["p99"]

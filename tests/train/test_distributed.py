@@ -11,7 +11,9 @@ import pytest
 
 from oss_cluster.config import load_config
 from oss_cluster.storage import open_storage
-from oss_cluster.train.distributed import deepspeed_config, train_distributed
+import torch
+
+from oss_cluster.train.distributed import autocast_dtype, deepspeed_config, train_distributed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -25,10 +27,14 @@ def tiny(root, *extra):
 
 def test_deepspeed_config_follows_the_experiment():
     cfg = load_config(CONFIGS / "smoke.yaml", ["deepspeed.zero_stage=3", "train.grad_accum=2"])
-    ds = deepspeed_config(cfg, use_gpu=False)
+    ds = deepspeed_config(cfg)
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 2
+    # bf16 is autocast's: DeepSpeed keeps fp32 weights, so checkpoints hold the fp32 master weights.
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["bf16"]["enabled"] is False
-    assert deepspeed_config(cfg, use_gpu=True)["bf16"]["enabled"] is True
+    assert autocast_dtype(cfg, use_gpu=False) is None and autocast_dtype(cfg, use_gpu=True) == torch.bfloat16
+    bf16 = load_config(CONFIGS / "smoke.yaml", ["deepspeed.precision=bf16"])
+    assert autocast_dtype(bf16, use_gpu=False) == torch.bfloat16
+    assert deepspeed_config(cfg, load_universal=True)["checkpoint"] == {"load_universal": True}
 
 
 def test_run_then_resume_with_the_same_name(tmp_path, ray_local):
