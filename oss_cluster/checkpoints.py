@@ -19,6 +19,7 @@ from .storage import Storage
 
 CHECKPOINT_TAG = "checkpoint"  # DeepSpeed's tag (sub-folder) inside each Ray Train checkpoint
 MODEL_STATES = "mp_rank_00_model_states.pt"
+ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"  # stage 3 names rank 0's module file so
 STEP_FILE = "oss_step.json"  # {"step": N, "samples": M}, written beside the DeepSpeed files
 
 
@@ -35,7 +36,7 @@ def list_checkpoints(storage: Storage, run_name: str) -> list[tuple[str, int | N
     found = []
     for folder in folders:
         key = run.key("ray", folder, CHECKPOINT_TAG)
-        if storage.exists(f"{key}/{MODEL_STATES}"):
+        if storage.exists(f"{key}/{MODEL_STATES}") or storage.exists(f"{key}/{ZERO3_MODEL_STATES}"):
             step = storage.read_json(f"{key}/{STEP_FILE}")["step"] if storage.exists(f"{key}/{STEP_FILE}") else None
             found.append((key, step))
     return found

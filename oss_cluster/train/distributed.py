@@ -241,10 +241,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stream.close()
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, shapes and fp32 bytes, in name order): equal digests, equal tensors."""
+def weights_digest(weights: torch.nn.Module | dict) -> str:
+    """sha256 of a module's state (or a state dict): names, shapes and fp32 bytes, in name order. Equal
+    digests, equal tensors."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         value = tensor.detach().cpu()
         value = value.float() if value.is_floating_point() else value
         digest.update(name.encode())

@@ -60,3 +60,30 @@ def test_clips_and_sequences_from_shards(tmp_path, windows):
 def test_no_long_enough_sequence_is_an_error(windows):
     with pytest.raises(DataError, match="at least 20 consecutive frames"):
         whole_sequences(WindowList(windows), min_frames=20)
+
+
+def test_clip_stream_reads_each_shard_about_once_per_epoch_and_repeats_on_resume(storage, windows):
+    from oss_cluster.data.clips import ClipStream
+
+    writer = ShardWriter(storage, window=K, in_size=(12, 16), out_size=SIZE, ratio=RATIO, source="synth",
+                         windows_per_shard=1)  # one window per shard: warm-up reaches into earlier shards
+    for item in windows:
+        writer.add(item)
+    writer.close()
+    dataset = ShardDataset(storage)
+    clips = Clips(dataset, warmup=2)
+    mine = list(range(len(clips)))
+    stream = ClipStream(clips, mine, seed=3, rank=0)
+    epoch = [stream.clip(i) for i in range(len(mine))]
+    assert dataset.reads <= 2 * len(dataset.manifest["shards"])  # not once per step
+    reference = Clips(ShardDataset(storage), warmup=2)
+    every = sorted((reference.clip(i).sequence, reference.clip(i).start) for i in mine)
+    assert sorted((c.sequence, c.start) for c in epoch) == every  # every clip once per epoch
+    second = [stream.clip(len(mine) + i) for i in range(len(mine))]
+    assert [(c.sequence, c.start) for c in second] != [(c.sequence, c.start) for c in epoch] or len(mine) < 3
+    # A resumed run (a new stream, same seed and rank) continues the same sequence of clips, bit for bit.
+    again = ClipStream(Clips(ShardDataset(storage), warmup=2), mine, seed=3, rank=0)
+    for index in (len(mine) + 1, 2):
+        assert again.clip(index).gt.tobytes() == (second[1] if index > len(mine) else epoch[2]).gt.tobytes()
+    stream.close()
+    again.close()

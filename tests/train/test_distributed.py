@@ -177,3 +177,40 @@ def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local
     (media,) = report["media"].values()
     stream = decode_mp4(storage.read_bytes(media["sr_fx_clip"]))
     assert len(stream) == media["sr_fx_frames"] == 2 * 32 - 1  # t, t + 0.5, t + 1, ... (no FX before the first motion)
+
+
+def _module_dtypes(store, name) -> set:
+    (key,) = [k for k in store.list(f"runs/{name}/ray/") if k.endswith("mp_rank_00_model_states.pt")][-1:]
+    path = Path(store.root) / key
+    state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+    return {tensor.dtype for tensor in state.values() if tensor.is_floating_point()}
+
+
+@pytest.mark.parametrize("model", ["hat_tiny", "canvas"])
+def test_bf16_training_evaluates_and_checkpoints_fp32_master_weights(tmp_path, ray_local, model):
+    from tests.conftest import TINY_HAT
+
+    extra = TINY_HAT if model == "hat_tiny" else ["family=canvas", "model.options.capacity=512",
+                                                 "model.options.spawn_per_frame=512"]
+    cfg = tiny(tmp_path, f"model.name={model}", *extra, "deepspeed.precision=bf16", "train.steps=2",
+               "train.eval_every=2", "train.checkpoint_every=2")
+    name, result = train_distributed(cfg)
+    store = open_storage(str(tmp_path))
+    record = store.read_json(f"runs/{name}/metrics.json")
+    evaluation = record["eval_metrics"][-1]
+    assert record["status"] == "finished" and 10 < evaluation["model/psnr_rgb"] < 100  # evaluated under bf16 autocast
+    assert _module_dtypes(store, name) == {torch.float32}  # what teachers and exports load
+    if model == "canvas":
+        assert evaluation["model/canvas_contribution"] > 0 and "extrapolation/a0.5/oss_fx/psnr_rgb" in evaluation
+
+
+def test_zero3_trains_and_evaluates_on_two_workers(tmp_path, ray_local):
+    from oss_cluster.checkpoints import load_model
+
+    cfg = tiny(tmp_path, "deepspeed.zero_stage=3", "train.steps=2", "train.eval_every=1", "train.checkpoint_every=2")
+    name, result = train_distributed(cfg)
+    store = open_storage(str(tmp_path))
+    record = store.read_json(f"runs/{name}/metrics.json")
+    assert [m["step"] for m in record["eval_metrics"]] == [1, 2]  # every rank joined the parameter gather
+    model, _, _ = load_model(store, name)  # the partitioned fp32 weights, gathered by zero_to_fp32
+    assert sum(p.numel() for p in model.parameters()) > 0 and store.exists(record["artefacts"]["latest_strip"])
