@@ -9,7 +9,7 @@ from pathlib import Path
 from ..runs import RunRegistry
 from ..storage import open_storage
 from .catalog import CATALOG, CLUSTER, REPO, CostError, load_catalog, load_node_types
-from .plan import assumptions, estimate, format_estimate, load_plan
+from .plan import assumptions, bottom_line, estimate, format_estimate, load_plan
 
 DEFAULT_PLAN = REPO / "cost" / "heavy_multicycle.yaml"
 
@@ -59,15 +59,22 @@ def main(argv=None) -> int:
                   f"{args.ratio:g}; every operation counted)")
             return 0
         catalog, cluster = load_catalog(Path(args.catalog)), load_node_types(Path(args.cluster))
+        catalog_source = Path(args.catalog).with_suffix(".source.yaml")
         plan = load_plan(args.plan, cluster, catalog)
+        if args.runs and "://" not in args.runs and not Path(args.runs).is_dir():
+            raise CostError(f"--runs {args.runs}: no such folder (the storage root of a run registry: a local "
+                            "folder or s3://bucket/prefix)")
+        if args.command == "memo" and not Path(args.out).resolve().parent.is_dir():
+            raise CostError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist")
         storage = open_storage(args.runs, endpoint_url=args.endpoint_url) if args.runs else None
         runs = _runs_reader(storage) if storage else None
         result = estimate(plan, cluster, catalog, runs)
         if args.command == "estimate":
+            print(bottom_line(result))
             print(f"plan {plan.name} ({args.plan})")
             print(format_estimate(result, args.spot))
             print("\nassumptions:")
-            for note in assumptions(plan, result):
+            for note in assumptions(plan, result, cluster, catalog, catalog_source):
                 print(f"  - {note}")
             return 0
         from .report import by_cycle, format_actuals, format_cycles, run_actuals
@@ -81,7 +88,7 @@ def main(argv=None) -> int:
             return 0
         from .memo import write_memo
 
-        Path(args.out).write_text(write_memo(plan, args.plan, cluster, catalog, actuals, runs))
+        Path(args.out).write_text(write_memo(plan, args.plan, cluster, catalog, actuals, runs, catalog_source))
         print(f"wrote {args.out}")
         return 0
     except (CostError, FileNotFoundError) as err:

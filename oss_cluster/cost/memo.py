@@ -1,38 +1,52 @@
-"""The multi-cycle Heavy training cost memo (Markdown), with its sensitivity to MFU and spot rate."""
+"""The multi-cycle Heavy training cost memo (Markdown): bottom line first, then the plan, every assumption
+with its value, the estimate, actuals and variance, and its sensitivity to step time, spot interruptions
+and spot prices."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
-from .plan import assumptions, estimate
+from .plan import assumptions, bottom_line, estimate
 from .report import by_cycle
 
-MFU_SCALES = (0.5, 0.75, 1.0, 1.5)
+STEP_SCALES = (0.25, 0.5, 1.0, 2.0)
 INTERRUPTION_SCALES = (0.0, 1.0, 2.0, 4.0)
+SPOT_PRICE_SCALES = (0.7, 1.0, 1.3)  # the catalog's spot prices are planning figures, about +-30 %
 
 
-def sensitivity(plan, cluster, catalog, runs=None) -> list[list[float]]:
-    """Total spot $ for each (MFU scale, interruption-rate scale) pair: rows MFU, columns interruptions."""
-    return [[estimate(plan, cluster, catalog, runs, mfu_scale=m, interruption_scale=i)["totals"]["usd_spot"]
-             for i in INTERRUPTION_SCALES] for m in MFU_SCALES]
+def sensitivity(plan, cluster, catalog, runs=None, columns=INTERRUPTION_SCALES, axis="interruption_scale"):
+    """Total spot-plan $ for each (step-time scale, column scale): rows step time, columns `axis`."""
+    return [[estimate(plan, cluster, catalog, runs, step_scale=m, **{axis: c})["totals"]["usd_spot"] for c in columns]
+            for m in STEP_SCALES]
 
 
-def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | None, runs=None) -> str:
+def _grid(title: str, plan, cluster, catalog, runs, columns, axis, label) -> list[str]:
+    lines = ["", title, "", f"| step time \\ {label} | " + " | ".join(f"x{c:g}" for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for scale, row in zip(STEP_SCALES, sensitivity(plan, cluster, catalog, runs, columns, axis)):
+        lines.append(f"| x{scale:g} | " + " | ".join(f"{value:,.0f}" for value in row) + " |")
+    return lines
+
+
+def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | None, runs=None,
+               catalog_source: Path | None = None) -> str:
     result = estimate(plan, cluster, catalog, runs)
     totals = result["totals"]
-    lines = [f"# Multi-cycle Heavy training cost memo: {plan.name}", "",
+    lines = [f"# Multi-cycle Heavy training cost memo: {plan.name}", "", f"**{bottom_line(result)}**", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python -m oss_cluster.cost memo` "
              f"from `{plan_path}`.", "", "## Plan", "",
              "| item | node type | instance | nodes | steps | global batch | step time (s) |",
              "|---|---|---|---|---|---|---|"]
-    cycles = {c.name: c for c in plan.cycles}
     for row in result["rows"]:
-        cycle = cycles.get(row["name"])
-        lines.append(f"| {row['name']} | {row['node_type']}{' (spot)' if row['spot_market'] else ''} | {row['instance']} "
-                     f"| {row['nodes']} | {cycle.steps if cycle else '-'} | {cycle.global_batch if cycle else '-'} "
-                     f"| {row['step_seconds']:.3f} |" if cycle else
-                     f"| {row['name']} | {row['node_type']} | {row['instance']} | {row['nodes']} | - | - | - |")
-    lines += ["", "## Assumptions", ""] + [f"- {note}" for note in assumptions(plan, result)]
+        if row["kind"] == "cycle":
+            lines.append(f"| {row['name']} | {row['node_type']}{' (spot)' if row['spot_market'] else ''} | "
+                         f"{row['instance']} | {row['nodes']} | {row['steps']:,} | {row['global_batch']} | "
+                         f"{row['step_seconds']:.3f} |")
+        else:
+            lines.append(f"| {row['name']} | {row['node_type']} | {row['instance']} | {row['nodes']} | - | - | - |")
+    lines += ["", "## Assumptions", ""] + [f"- {note}" for note in
+                                           assumptions(plan, result, cluster, catalog, catalog_source)]
     lines += ["", "## Estimate", "", "| item | node-hours (spot plan) | GPU-hours | on-demand $ | spot $ |",
               "|---|---|---|---|---|"]
     for row in result["rows"]:
@@ -57,15 +71,16 @@ def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | Non
         lines += ["", "## Variance", "", "| cycle | runs | estimate $ | actual $ | variance $ | spent / estimate |",
                   "|---|---|---|---|---|---|"]
         for row in by_cycle(plan, result, actuals):
-            lines.append(f"| {row['cycle']} | {row['runs']} | {row['estimate_usd']:,.0f} | {row['actual_usd']:,.2f} | "
-                         f"{row['variance_usd']:,.2f} | {row['done_fraction']:.1%} |")
-    grid = sensitivity(plan, cluster, catalog, runs)
+            if row["runs"] == 0 and row["actual_usd"] == 0:
+                lines.append(f"| {row['cycle']} | 0 | {row['estimate_usd']:,.0f} | - | not started | - |")
+            else:
+                lines.append(f"| {row['cycle']} | {row['runs']} | {row['estimate_usd']:,.0f} | {row['actual_usd']:,.2f} "
+                             f"| {row['variance_usd']:,.2f} | {row['done_fraction']:.1%} |")
     lines += ["", "## Sensitivity", "",
-              "Total spot-plan $ when the FLOPs model's MFU and every cycle's spot interruption rate are scaled "
-              "(measured and fixed step times do not move with MFU):", "",
-              "| MFU scale \\ interruption-rate scale | " + " | ".join(f"x{s:g}" for s in INTERRUPTION_SCALES) + " |",
-              "|---|" + "---|" * len(INTERRUPTION_SCALES)]
-    for scale, row in zip(MFU_SCALES, grid):
-        mfu = f" (MFU {plan.flops_model.mfu * scale:.2f})" if plan.flops_model else ""
-        lines.append(f"| x{scale:g}{mfu} | " + " | ".join(f"{value:,.0f}" for value in row) + " |")
+              "Total spot-plan $ when every cycle's step time is scaled (rows), against the spot interruption rate "
+              "and against spot prices (columns):"]
+    lines += _grid("Step time x spot interruption rate:", plan, cluster, catalog, runs, INTERRUPTION_SCALES,
+                   "interruption_scale", "interruption rate")
+    lines += _grid("Step time x spot price:", plan, cluster, catalog, runs, SPOT_PRICE_SCALES,
+                   "spot_price_scale", "spot price")
     return "\n".join(lines) + "\n"

@@ -27,9 +27,18 @@ def run_actuals(storage: Storage, catalog: dict, cluster: dict, now: datetime | 
         hours = max(0.0, (ended - started).total_seconds() / 3600)
         node_types = record.get("node_types") or {}
         rate, unpriced = hourly_price(node_types, catalog, cluster)
+        usd = rate * hours
+        groups = record.get("worker_groups") or []
+        if groups:  # each worker group priced for its own nodes, from its start to the next group's (or the end)
+            usd, unpriced = 0.0, []
+            bounds = [_time(g["started_at"]) for g in groups] + [ended]
+            for group, begin, end in zip(groups, bounds, bounds[1:]):
+                group_rate, missing = hourly_price(group.get("node_types") or {}, catalog, cluster)
+                usd += group_rate * max(0.0, (end - begin).total_seconds() / 3600)
+                unpriced += [m for m in missing if m not in unpriced]
         rows.append({"run": str(name), "status": record.get("status"), "started_at": record.get("started_at"),
                      "ended_at": record.get("ended_at"), "hours": hours, "node_types": node_types,
-                     "usd_per_hour": rate, "usd": rate * hours, "unpriced_node_types": unpriced})
+                     "usd_per_hour": rate, "usd": usd, "unpriced_node_types": unpriced})
     return rows
 
 
@@ -53,11 +62,13 @@ def by_cycle(plan, estimate: dict, actuals: list[dict]) -> list[dict]:
 
 
 def format_actuals(actuals: list[dict]) -> str:
-    lines = [f"{'run':30s} {'status':14s} {'hours':>8s} {'node types':34s} {'$/h':>9s} {'spent $':>10s}"]
-    for row in actuals:
-        types = ", ".join(f"{k} x{v}" for k, v in row["node_types"].items()) or "-"
+    types = [", ".join(f"{k} x{v}" for k, v in row["node_types"].items()) or "-" for row in actuals]
+    run_w = max([30] + [len(row["run"]) for row in actuals])
+    type_w = max([10] + [len(text) for text in types])
+    lines = [f"{'run':{run_w}s} {'status':14s} {'hours':>8s} {'node types':{type_w}s} {'$/h':>9s} {'spent $':>10s}"]
+    for row, text in zip(actuals, types):
         note = f"  (no price: {', '.join(row['unpriced_node_types'])})" if row["unpriced_node_types"] else ""
-        lines.append(f"{row['run']:30s} {str(row['status']):14s} {row['hours']:>8.3f} {types[:34]:34s} "
+        lines.append(f"{row['run']:{run_w}s} {str(row['status']):14s} {row['hours']:>8.3f} {text:{type_w}s} "
                      f"{row['usd_per_hour']:>9.3f} {row['usd']:>10.2f}{note}")
     if not actuals:
         lines.append("(no started runs in this registry)")
@@ -65,8 +76,14 @@ def format_actuals(actuals: list[dict]) -> str:
 
 
 def format_cycles(rows: list[dict]) -> str:
-    lines = [f"{'cycle':22s} {'runs':>5s} {'estimate $':>12s} {'actual $':>11s} {'variance $':>12s} {'spent/est':>10s}"]
+    width = max([22] + [len(row["cycle"]) for row in rows])
+    lines = [f"{'cycle':{width}s} {'runs':>5s} {'estimate $':>12s} {'actual $':>11s} {'variance $':>12s} "
+             f"{'spent/est':>10s}"]
     for row in rows:
-        lines.append(f"{row['cycle']:22s} {row['runs']:>5d} {row['estimate_usd']:>12,.0f} {row['actual_usd']:>11,.2f} "
+        if row["runs"] == 0 and row["actual_usd"] == 0:
+            lines.append(f"{row['cycle']:{width}s} {0:>5d} {row['estimate_usd']:>12,.0f} {'-':>11s} "
+                         f"{'not started':>12s} {'-':>10s}")
+            continue
+        lines.append(f"{row['cycle']:{width}s} {row['runs']:>5d} {row['estimate_usd']:>12,.0f} {row['actual_usd']:>11,.2f} "
                      f"{row['variance_usd']:>12,.2f} {row['done_fraction']:>9.1%}")
     return "\n".join(lines)
