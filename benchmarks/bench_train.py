@@ -6,6 +6,10 @@
    the model; ZeRO-2 partitions the moments, so the target is <= 0.55 x stage 0.
 2. Throughput: windows/s of the Ray Train + DeepSpeed job with 2 workers (1 CPU thread each) beside
    2 x the same loop in one plain process with 1 thread (target >= 0.75).
+3. Data path: windows/s of the same distributed job (a fast student, so reading is not hidden behind
+   compute) reading its shards from an S3 endpoint (moto's server on 127.0.0.1, started here) beside
+   reading them from memory (/dev/shm); shards are read shard-grouped, prefetched on a background
+   thread (target >= 0.9).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def optimizer_state_bytes(loop_config: dict) -> None:
 
     cfg = load_config(None, [f"model.name={loop_config['model']}", *SMOKE])
     model = build_model(cfg.model.name)
-    ds = deepspeed_config(cfg, use_gpu=False)
+    ds = deepspeed_config(cfg)
     ds["zero_optimization"]["stage"] = loop_config["stage"]  # 0 (no ZeRO) is the baseline; configs allow 1-3
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     batch = _batch(cfg)
@@ -107,14 +111,69 @@ def ray_rate(model: str, steps: int) -> float:
     return result.metrics["samples_per_s"]
 
 
+def s3_endpoint() -> str:
+    """A moto S3 server on 127.0.0.1 for this process and its Ray workers (test credentials in the environment)."""
+    import logging
+    import os
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    return f"http://127.0.0.1:{port}"
+
+
+def data_path_rates(endpoint: str, steps: int) -> tuple[float, float, dict]:
+    """(windows/s reading shards from S3, from memory, the dataset's shape) of the same 2-worker job."""
+    import tempfile
+
+    import boto3
+
+    from oss_cluster.data.build import build_dataset
+    from oss_cluster.storage import open_storage
+    from oss_cluster.train.distributed import train_distributed
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+    data = ["data.out_size=[240,320]", "data.ratio=2.0", "data.window=2", "data.frames=160",
+            "data.frames_per_sequence=40", "data.windows_per_shard=4", "data.objects=3"]
+    base = load_config(None, data)
+    memory = tempfile.mkdtemp(dir="/dev/shm", prefix="oss-bench-")
+    for uri in ("s3://bench/data", f"{memory}/data"):
+        build_dataset(base.data, open_storage(uri, endpoint_url=endpoint), progress=False)
+    rates = {}
+    for label, uri in (("memory", f"{memory}/data"), ("s3", "s3://bench/data")):
+        cfg = load_config(None, [*data, "model.name=student_pico", f"train.steps={steps}", "train.num_workers=2",
+                                 "train.batch_size=1", "train.crop=96", "train.warmup_frames=0", "train.warmup_steps=1",
+                                 "train.log_every=1000", "train.eval_every=100000", "train.checkpoint_every=100000",
+                                 "data.source=shards", f"data.shards={uri}", f"storage.root=s3://bench/runs-{label}",
+                                 f"storage.endpoint_url={endpoint}"])
+        _, result = train_distributed(cfg, log=lambda line: None)
+        rates[label] = result.metrics["samples_per_s"]
+    shards = len(open_storage(f"{memory}/data").read_json("manifest.json")["shards"])
+    return rates["s3"], rates["memory"], {"shards": shards, "windows": 80}
+
+
 def main() -> None:
     import ray
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="hat_heavy")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--data-steps", type=int, default=40, help="steps of the data-path comparison")
+    parser.add_argument("--only-data", action="store_true", help="run only the data-path comparison (3)")
     args = parser.parse_args()
+    endpoint = s3_endpoint()  # before Ray starts, so its workers inherit the endpoint's credentials
     ray.init(num_cpus=2, log_to_driver=False)
+    s3, memory, shape = data_path_rates(endpoint, args.data_steps)
+    print(f"data path (student_pico, 2 workers, {shape['shards']} shards of 4 windows, 240x320): shards from S3 "
+          f"{s3:.3f} windows/s, from memory {memory:.3f} windows/s, ratio {s3 / memory:.3f} (target >= 0.9)")
+    if args.only_data:
+        return
     memory = zero_memory(args.model)
     print(f"optimizer state per rank ({args.model}, 2 ranks): stage 0 {memory[0] / 2**20:.1f} MiB, "
           f"ZeRO-2 {memory[2] / 2**20:.1f} MiB, ratio {memory[2] / memory[0]:.3f} (target <= 0.55)")
