@@ -425,7 +425,11 @@ def train_distributed(cfg: ExperimentConfig, run_name: str | None = None, eval_f
     try:
         result = trainer.fit()
     except Exception:
-        registry.open(run.name).finish("failed")
+        current = registry.open(run.name)
+        # A sweep may already have recorded how this trial ended (Tune stops trials from outside and
+        # the interrupted driver lands here afterwards): only a run still marked running has failed.
+        if current.record.get("status") == "running":
+            current.finish("failed")
         raise
     run = registry.open(run.name)  # rank 0 has been writing the record: continue from the stored one
     if result.checkpoint is not None:

@@ -92,6 +92,8 @@ def fake_cluster(s3_endpoint):
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    # Token authentication like the session's other instance (conftest sets RAY_AUTH_MODE=token).
+    subprocess.run([RAY_BIN, "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
     subprocess.run([RAY_BIN, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=0",
                     '--resources={"oss_node_head": 1}', f"--autoscaling-config={config}", f"--temp-dir={root}/head",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
