@@ -23,6 +23,7 @@ from .storage import Storage
 from .tiers import TIERS
 
 RUNS_PREFIX = "runs"
+ENDED = ("finished", "failed", "stopped_early", "stopped", "terminated")  # how a run's attempt can end
 NAME_PATTERN = re.compile(
     r"^(?P<family>[a-z][a-z0-9_]*)-v(?P<major>\d+)\.(?P<minor>\d+)-(?P<tier>[a-z]+)-(?P<number>\d{3,})$"
 )
@@ -91,7 +92,15 @@ class Run:
         return "/".join((self.prefix, *parts))
 
     def save(self) -> None:
-        self.storage.write_json(self.key("metrics.json"), self.record)
+        key = self.key("metrics.json")
+        if self.record.get("status") == "running" and self.storage.exists(key):
+            # Another process may have ended this attempt meanwhile (a sweep recording that Tune stopped
+            # the trial, the driver recording a failure): a writer still holding "running" keeps that ending.
+            stored = self.storage.read_json(key)
+            attempts = self.record.get("attempts") or [{}]
+            if stored.get("status") in ENDED and (stored.get("ended_at") or "") > attempts[-1].get("started_at", ""):
+                self.record["status"], self.record["ended_at"] = stored["status"], stored["ended_at"]
+        self.storage.write_json(key, self.record)
 
     def log_step(self, step: int, **metrics: float) -> None:
         self.record["step_metrics"].append({"step": step, "time": _now(), **metrics})

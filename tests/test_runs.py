@@ -78,3 +78,21 @@ def test_concurrent_processes_never_share_a_name(backend, tmp_path, request):
         assert worker.exitcode == 0
     assert len(names) == len(set(names)) == processes * per_process
     assert sorted(RunName.parse(n).number for n in names) == list(range(1, processes * per_process + 1))
+
+
+def test_a_stale_writer_does_not_undo_how_an_attempt_ended(tmp_path):
+    import time
+
+    registry = RunRegistry(open_storage(str(tmp_path)))
+    run = registry.allocate("srcnn", "6.2", "pico")
+    run.mark_started()
+    worker = registry.open(run.name)  # e.g. rank 0, holding status "running"
+    time.sleep(1.1)  # times are kept to the second
+    registry.open(run.name).finish("stopped_early")  # e.g. the sweep: Tune stopped the trial
+    worker.log_step(3, loss=0.1)  # the worker's late write keeps the ending, and adds its step
+    record = registry.open(run.name).record
+    assert record["status"] == "stopped_early" and record["step_metrics"][-1]["step"] == 3
+    time.sleep(1.1)
+    resumed = registry.open(run.name)
+    resumed.mark_started()  # a new attempt runs again
+    assert registry.open(run.name).record["status"] == "running"
