@@ -131,6 +131,12 @@ def _fits(request: dict, resources: dict) -> bool:
     return all(resources.get(key, 0) >= amount for key, amount in request.items() if amount > 0)
 
 
+def _satisfiable(request: dict, alive: list[dict], types: dict[str, dict] | None) -> bool:
+    """Whether an alive node or a node type the autoscaler can launch has every resource of `request`."""
+    return any(_fits(request, node.get("Resources", {})) for node in alive) or \
+        any(_fits(request, resources) for resources in (types or {}).values())
+
+
 def _alive_nodes() -> list[dict]:
     import ray
 
@@ -151,9 +157,7 @@ def check_request(request: dict, what: str, setting: str, timeout_s: float = 900
     deadline = time.monotonic() + timeout_s
     while True:
         alive = _alive_nodes()
-        if any(_fits(request, node.get("Resources", {})) for node in alive):
-            return
-        if types is not None and any(_fits(request, resources) for resources in types.values()):
+        if _satisfiable(request, alive, types):
             return
         if types is not None or time.monotonic() >= deadline:
             break
@@ -221,9 +225,7 @@ def tier_pinning(tier: str, amount: float, mode: str, what: str) -> dict:
     if mode == "required":
         check_request(resource, what, "pin_to_tier_workers")
         return resource
-    types = autoscaler_node_types() or {}
-    if any(_fits(resource, node.get("Resources", {})) for node in _alive_nodes()) or \
-            any(_fits(resource, resources) for resources in types.values()):
+    if _satisfiable(resource, _alive_nodes(), autoscaler_node_types()):
         return resource
     print(f"{what}: no node of this cluster (alive or launchable) has tier_{tier}; it runs on any worker")
     return {}

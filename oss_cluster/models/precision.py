@@ -18,18 +18,24 @@ import functools
 import torch
 
 
-def to_fp32(value):
-    """Floating-point tensors (also inside dataclasses, tuples, lists and dicts) as fp32; the rest as is."""
+def map_tensors(value, function):
+    """`function` applied to every tensor in `value`, also inside dataclasses, tuples, lists and dicts
+    (the containers are rebuilt, everything else is returned as is)."""
     if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+        return function(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: to_fp32(getattr(value, f.name)) for f in dataclasses.fields(value)
-                                             if f.init})
+        return dataclasses.replace(value, **{f.name: map_tensors(getattr(value, f.name), function)
+                                             for f in dataclasses.fields(value) if f.init})
     if isinstance(value, (tuple, list)):
-        return type(value)(to_fp32(v) for v in value)
+        return type(value)(map_tensors(v, function) for v in value)
     if isinstance(value, dict):
-        return {k: to_fp32(v) for k, v in value.items()}
+        return {k: map_tensors(v, function) for k, v in value.items()}
     return value
+
+
+def to_fp32(value):
+    """Floating-point tensors (also inside containers, see map_tensors) as fp32; the rest as is."""
+    return map_tensors(value, lambda t: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t)
 
 
 def no_autocast():

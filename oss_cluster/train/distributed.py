@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -160,8 +161,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if resume is not None:
         folder, tag, universal = resume
         _, client = engine.load_checkpoint(folder, tag=tag)
-        step_file = os.path.join(folder, CHECKPOINT_TAG, STEP_FILE)
-        saved = json.load(open(step_file)) if os.path.exists(step_file) else client
+        step_file = Path(folder, CHECKPOINT_TAG, STEP_FILE)
+        saved = json.loads(step_file.read_text()) if step_file.exists() else client
         step, samples = saved["step"], saved["samples"]
         resumed = {"resumed_from_step": step, "universal_checkpoint": universal,
                    "weights_sha256": weights_digest(engine.module) if cfg.deepspeed.zero_stage < 3 else None}

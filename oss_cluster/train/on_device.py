@@ -9,37 +9,19 @@ scores exactly what it trains, and on CPU in fp32 it adds nothing.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from ..models.precision import autocast
+from ..models.precision import autocast, map_tensors
 
 
 def move(value, device: torch.device):
     """Tensors (also inside dataclasses, tuples, lists and dicts) on `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: move(getattr(value, f.name), device)
-                                             for f in dataclasses.fields(value) if f.init})
-    if isinstance(value, (tuple, list)):
-        return type(value)(move(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: move(v, device) for k, v in value.items()}
-    return value
+    return map_tensors(value, lambda t: t.to(device))
 
 
 def to_host(value):
-    """Tensors back on the CPU as fp32 (floating) for scoring."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_host(v) for v in value)
-    if isinstance(value, dict):
-        return {k: to_host(v) for k, v in value.items()}
-    return value
+    """Tensors back on the CPU, floating ones as fp32, for scoring."""
+    return map_tensors(value, lambda t: t.detach().cpu().float() if t.is_floating_point() else t.detach().cpu())
 
 
 class OnDevice:
