@@ -6,6 +6,7 @@ name is frozen: it is never handed out again and its record is never replaced by
 Layout under the storage root:
     runs/<name>/claim.json     written once, exclusively, when the name is allocated
     runs/<name>/metrics.json   config, times, node types, step and eval metrics, artefact keys
+    runs/<name>/tensorboard/   TensorBoard event files of every reported metric and strip
     runs/<name>/...            artefacts (checkpoints, comparison strips, exports)
 """
 
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .storage import Storage
+from .tensorboard_log import TensorBoardLog
 from .tiers import TIERS
 
 RUNS_PREFIX = "runs"
@@ -82,6 +84,17 @@ class Run:
         self.storage = storage
         self.name = name
         self.record = record
+        self._tensorboard: TensorBoardLog | None = None
+
+    def __getstate__(self):  # a TensorBoard writer stays in the process that opened it
+        return {**self.__dict__, "_tensorboard": None}
+
+    @property
+    def tensorboard(self) -> TensorBoardLog:
+        """This process's TensorBoard log of the run (created on first use)."""
+        if self._tensorboard is None:
+            self._tensorboard = TensorBoardLog(self.storage, self.prefix)
+        return self._tensorboard
 
     @property
     def prefix(self) -> str:
@@ -105,10 +118,21 @@ class Run:
     def log_step(self, step: int, **metrics: float) -> None:
         self.record["step_metrics"].append({"step": step, "time": _now(), **metrics})
         self.save()
+        self.tensorboard.scalars("train", step, metrics)
 
     def log_eval(self, step: int, **metrics: Any) -> None:
         self.record["eval_metrics"].append({"step": step, "time": _now(), **metrics})
         self.save()
+        self.tensorboard.scalars("eval", step, metrics, upload=True)
+
+    def log_strip(self, step: int, png: bytes) -> str:
+        """Store a comparison strip (`strips/step-NNNNNNN.png`), point `latest_strip` at it and add it to
+        TensorBoard; returns its key."""
+        key = self.key("strips", f"step-{step:07d}.png")
+        self.storage.write_bytes(key, png)
+        self.tensorboard.image("strip", step, png)
+        self.add_artefact("latest_strip", key)
+        return key
 
     def add_artefact(self, label: str, key: str) -> None:
         self.record["artefacts"][label] = key
@@ -128,7 +152,8 @@ class Run:
         self.save()
 
     def mark_started(self) -> None:
-        self.record.setdefault("attempts", []).append({"started_at": _now(), "host": socket.gethostname()})
+        self.record.setdefault("attempts", []).append({"started_at": _now(), "host": socket.gethostname(),
+                                                       "pid": os.getpid()})
         self.record["status"] = "running"
         self.save()
 
@@ -136,6 +161,9 @@ class Run:
         self.record["ended_at"] = _now()
         self.record["status"] = status
         self.save()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
 
 class RunRegistry:

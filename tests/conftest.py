@@ -132,3 +132,46 @@ def exported(shipped):
     root, _, student, _ = shipped
     lines: list[str] = []
     return export_student(open_storage(str(root)), student, log=lines.append), lines
+
+
+@pytest.fixture(scope="session")
+def canvas_trained(tmp_path_factory):
+    """(config, run, summary, log lines) of a 20-step canvas run with the single-process trainer (64x48
+    output, game-like motion), in its own storage root. Shared by the canvas training and dashboard tests."""
+    from oss_cluster.config import load_config
+    from oss_cluster.runs import RunRegistry
+    from oss_cluster.storage import open_storage
+    from oss_cluster.train.local import train_local
+
+    root = tmp_path_factory.mktemp("canvas")
+    cfg = load_config(CONFIGS / "canvas.yaml", [
+        f"storage.root={root}", "data.out_size=[48,64]", "data.frames=48", "data.frames_per_sequence=24",
+        "data.window=3", "data.val_sequences=1", "data.objects=3", "train.warmup_frames=9", "train.steps=20",
+        "train.batch_size=2",
+        "train.crop=32", "train.eval_every=20", "train.log_every=5", "train.warmup_steps=2", "train.lr=1e-3",
+        "model.options.capacity=1024", "model.options.spawn_per_frame=768", "model.options.widths=[8,16,32]",
+        "model.options.hidden=32",
+    ])
+    run = RunRegistry(open_storage(cfg.storage.root)).allocate(cfg.family, cfg.version, cfg.tier)
+    lines: list[str] = []
+    _, summary = train_local(cfg, run=run, log=lines.append)
+    return cfg, run, summary, lines
+
+
+@pytest.fixture(scope="session")
+def canvas_evaluated(tmp_path_factory, ray_local):
+    """(storage root, run name): a 2-step canvas run trained with Ray Train + DeepSpeed, then scored by the
+    evaluation command with one clip and its SR + OSS-FX stream. Shared by the distributed and dashboard tests."""
+    from oss_cluster.config import load_config
+    from oss_cluster.evaluate.__main__ import main as evaluate_main
+    from oss_cluster.train.distributed import train_distributed
+
+    root = tmp_path_factory.mktemp("canvas-ray")
+    cfg = load_config(CONFIGS / "smoke.yaml", [
+        "model.name=canvas", "family=canvas", f"storage.root={root}", "data.out_size=[48,64]", "train.crop=32",
+        "train.batch_size=2", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
+        "data.val_sequences=1", "model.options.capacity=512", "model.options.spawn_per_frame=512"])
+    name, _ = train_distributed(cfg)
+    assert evaluate_main(["--run", name, "--storage", str(root), "--heldout", "1", "--frames", "32", "--clips", "1",
+                          "--no-video-metric", "--quiet"]) == 0
+    return root, name

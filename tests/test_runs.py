@@ -96,3 +96,36 @@ def test_a_stale_writer_does_not_undo_how_an_attempt_ended(tmp_path):
     resumed = registry.open(run.name)
     resumed.mark_started()  # a new attempt runs again
     assert registry.open(run.name).record["status"] == "running"
+
+
+def test_tensorboard_events_in_the_run_folder(storage, tmp_path):
+    """Every reported metric and the strip reach TensorBoard event files under runs/<name>/tensorboard/, which
+    TensorBoard itself reads back (strings such as 'unavailable: ...' are left out, not written as numbers)."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunRegistry(storage).allocate("hat", "0.1", "pico")
+    run.mark_started()
+    run.log_step(1, loss=0.5, lr=1e-3)
+    run.log_step(2, loss=0.25, lr=1e-3)
+    png = io.BytesIO()
+    Image.new("RGB", (12, 5), (200, 10, 10)).save(png, format="PNG")
+    strip = run.log_strip(2, png.getvalue())
+    run.log_eval(2, **{"model/psnr_rgb": 31.5, "model/lpips": "unavailable: no weights"}, strip=strip)
+    run.finish()
+    keys = [k for k in storage.list(f"runs/{run.name}/tensorboard/")]
+    assert len(keys) == 2, keys  # one scalar file, one strip file
+    local = tmp_path / "tb"
+    local.mkdir()
+    for key in keys:
+        (local / key.rsplit("/", 1)[1]).write_bytes(storage.read_bytes(key))
+    events = EventAccumulator(str(local), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [s.value for s in events.Scalars("train/loss")] == [0.5, 0.25]
+    assert events.Scalars("eval/model/psnr_rgb")[0].value == pytest.approx(31.5)
+    assert "eval/model/lpips" not in events.Tags()["scalars"]
+    (image,) = events.Images("strip")
+    assert (image.step, image.width, image.height) == (2, 12, 5)
+    assert storage.exists(strip) and run.record["artefacts"]["latest_strip"] == strip

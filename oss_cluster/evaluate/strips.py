@@ -8,10 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from ..baselines import bicubic
 
 LABELS = ("LR", "bicubic", "model", "GT", "|error| x4", "features")
+LABEL_HEIGHT = 14  # pixels of the label row above the panels
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -36,17 +38,36 @@ def comparison_strip(lr: torch.Tensor, jitter: torch.Tensor, output: torch.Tenso
         energy = (energy - energy.min()) / (energy.max() - energy.min()).clamp(min=1e-8)
         panels.append(F.interpolate(energy[None], size=out_size, mode="bilinear", align_corners=False)[0].expand(3, -1, -1))
     row = np.concatenate([_to_uint8(p) for p in panels], axis=1)
-    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + 14), "white")
-    canvas.paste(Image.fromarray(row), (0, 14))
+    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + LABEL_HEIGHT), "white")
+    canvas.paste(Image.fromarray(row), (0, LABEL_HEIGHT))
     draw = ImageDraw.Draw(canvas)
     for index, label in enumerate(LABELS[: len(panels)]):
         draw.text((index * out_size[1] + 2, 1), label, fill="black")
+    # The layout travels with the picture (PNG text), so viewers can cut out panels (the dashboard's slider).
+    canvas.info["panels"] = ",".join(LABELS[: len(panels)])
+    canvas.info["panel_size"] = f"{out_size[1]}x{out_size[0]}"
+    canvas.info["label_height"] = str(LABEL_HEIGHT)
     return canvas
 
 
+def strip_layout(image: Image.Image) -> dict | None:
+    """{"panels": [labels], "width", "height", "top"} from a strip's PNG text, or None for a strip without it."""
+    text = getattr(image, "text", None) or image.info
+    if "panels" not in text or "panel_size" not in text:
+        return None
+    width, height = (int(v) for v in text["panel_size"].split("x"))
+    return {"panels": text["panels"].split(","), "width": width, "height": height,
+            "top": int(text.get("label_height", LABEL_HEIGHT))}
+
+
 def png_bytes(image: Image.Image) -> bytes:
+    """PNG bytes, keeping the image's text entries (a strip's panel layout)."""
+    metadata = PngInfo()
+    for key in ("panels", "panel_size", "label_height"):
+        if key in image.info:
+            metadata.add_text(key, str(image.info[key]))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=metadata)
     return buffer.getvalue()
 
 

@@ -240,6 +240,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:
             ray.train.report(report)
     stream.close()
+    if run is not None:
+        run.tensorboard.close()  # the last steps' scalars reach storage
 
 
 def weights_digest(weights: torch.nn.Module | dict) -> str:
@@ -342,9 +344,7 @@ def _evaluate_and_draw(model, heldout, run, step: int, metrics, tags) -> dict:
     if futures is not None:
         result["extrapolation"] = evaluate_extrapolation(model, heldout, futures)
         print(f"eval step {step} {format_extrapolation(result['extrapolation'])}", flush=True)
-    strip_key = run.key("strips", f"step-{step:07d}.png")
-    run.storage.write_bytes(strip_key, png_bytes(model_strip(model, window_tensors(heldout[0]))))
-    run.add_artefact("latest_strip", strip_key)
+    strip_key = run.log_strip(step, png_bytes(model_strip(model, window_tensors(heldout[0]))))
     run.log_eval(step, **flatten_eval(result), strip=strip_key)
     metrics["eval_psnr"].set(result["model"]["psnr_rgb"], tags=tags)
     if "canvas_contribution" in result["model"]:

@@ -29,6 +29,7 @@ from ..evaluate import (
     MIN_EVAL_FRAMES, evaluate, evaluate_extrapolation, flatten_eval, format_eval, format_extrapolation,
     heldout_futures, heldout_sequences, window_tensors,
 )
+from ..evaluate.strips import model_strip, png_bytes
 from ..losses import charbonnier, window_loss
 from ..models import build_model
 from ..models.temporal import run_window
@@ -178,7 +179,8 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
             result["extrapolation"] = evaluate_extrapolation(model, heldout, futures)
             log(f"eval step {step} {format_extrapolation(result['extrapolation'])}")
         if run is not None:
-            run.log_eval(step, **flatten_eval(result))
+            strip_key = run.log_strip(step, png_bytes(model_strip(model, window_tensors(heldout[0]))))
+            run.log_eval(step, **flatten_eval(result), strip=strip_key)
         return result
 
     model.train()

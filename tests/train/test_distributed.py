@@ -154,21 +154,16 @@ def test_training_gauges_are_scrapeable_from_the_metrics_port(tmp_path, ray_loca
     assert record["node_types"] == {"heavy_trainer": 1}
 
 
-def test_canvas_model_trains_distributed_and_logs_its_canvas(tmp_path, ray_local):
-    cfg = tiny(tmp_path, "model.name=canvas", "family=canvas", "train.steps=2", "train.eval_every=2",
-               "model.options.capacity=512", "model.options.spawn_per_frame=512")
-    name, _ = train_distributed(cfg)
+def test_canvas_model_trains_distributed_and_logs_its_canvas(canvas_evaluated):
+    root, name = canvas_evaluated
     assert name.startswith("canvas-")
-    logged = open_storage(str(tmp_path)).read_json(f"runs/{name}/metrics.json")["eval_metrics"][-1]
+    logged = open_storage(str(root)).read_json(f"runs/{name}/metrics.json")["eval_metrics"][-1]
     assert logged["model/canvas_contribution"] > 0
     assert "extrapolation/a0.5/oss_fx/psnr_rgb" in logged and "extrapolation/a0.5/depth_warp/psnr_rgb" in logged
-    # The evaluation command scores the canvas run's OSS-FX and writes the SR + FX stream clip.
-    from oss_cluster.evaluate.__main__ import main as evaluate_main
+    # The evaluation command (run by the fixture) scored the canvas run's OSS-FX and wrote the SR + FX stream clip.
     from oss_cluster.evaluate.clips import decode_mp4
 
-    assert evaluate_main(["--run", name, "--storage", str(tmp_path), "--heldout", "1", "--frames", "32", "--clips", "1",
-                          "--no-video-metric", "--quiet"]) == 0
-    storage = open_storage(str(tmp_path))
+    storage = open_storage(str(root))
     (report_key,) = [key for key in storage.list(f"runs/{name}/evals") if key.endswith("report.json")]
     report = storage.read_json(report_key)
     fx = report["extrapolation"]
