@@ -7,7 +7,8 @@
 
 Each tier is measured on a Ray task that asks for the tier's custom resource (tier_<tier>) when the
 cluster has one, i.e. on that tier's target-hardware worker; without --url the job deploys the Serve
-app itself on 127.0.0.1. Prints a table and writes JSON (--out).
+app itself on 127.0.0.1. Prints a table, writes JSON (--out) and keeps the rows in storage
+(latency/<UTC time>.json under --storage) for the dashboard's tiers page.
 """
 
 import argparse
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     from oss_cluster.config import StorageConfig
     from oss_cluster.export import read_manifest
     from oss_cluster.serving.backends import untrained_manifest
-    from oss_cluster.serving.latency import dumps, format_rows, run_latency
+    from oss_cluster.serving.latency import dumps, format_rows, run_latency, save_results
     from oss_cluster.storage import storage_from_config
 
     storage_cfg = StorageConfig(root=args.storage, endpoint_url=args.endpoint_url)
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             serve.delete("oss-latency")
     print(format_rows(rows))
     Path(args.out).write_text(dumps(rows))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {storage.url(save_results(storage, rows))} (the dashboard's tiers page reads it)")
     return 0
 
 

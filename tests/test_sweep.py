@@ -88,6 +88,12 @@ def test_smoke_sweep_writes_table_plot_best_config_and_tensorboard_logs(tmp_path
     scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
     assert any(tag.endswith("val_sr_fx") for tag in scalars) and any(tag.endswith("val_psnr_over_bicubic") for tag in scalars), scalars
 
+    from oss_cluster.dashboard.site import build
+
+    (shown,) = build(store, tmp_path / "site")["sweeps"]  # the dashboard's sweeps page
+    assert shown["name"] == "smoke" and len(shown["rows"]) == len(csv) and "fusion_magnitude" in shown["columns"]
+    assert (tmp_path / "site" / shown["plot"]).exists() and "fusion_magnitude" in shown["best_config"]
+
     with pytest.raises(SweepExistsError):  # a sweep's results are never overwritten
         run_sweep(load_config(CONFIGS / "tune_smoke.yaml", [f"storage.root={tmp_path}"]), name="smoke")
 

@@ -4,6 +4,9 @@
                        application/octet-stream); X-Session-Id keys the stream's history
     GET  /v1/models    tiers, ratios, backends, versions
     GET  /healthz      ok when every tier's replicas answer
+    GET  /dashboard/   the research dashboard of the app's storage (with `dashboard.enabled`); a client on
+                       another machine needs the bearer token in $OSS_DASHBOARD_TOKEN, as for
+                       `python -m oss_cluster.dashboard serve` off localhost
 
 Each tier's `Upscaler` replica loads its export (manifest + ONNX / TensorRT files, sha256-checked) or,
 for development, an untrained student; picks TensorRT where the worker has a GPU and an engine, else
@@ -23,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from ray import serve
 
@@ -44,8 +47,15 @@ class TierServeConfig(Section):
     tier_resource: PositiveFloat = 0.01  # units of tier_<tier> per replica
 
 
+class DashboardServeConfig(Section):
+    enabled: bool = False  # serve the research dashboard of `storage` at /dashboard/
+    token_env: str = "OSS_DASHBOARD_TOKEN"  # env var on the Serve nodes holding the bearer token
+    refresh_s: PositiveFloat = 30.0  # rebuild interval while runs train
+
+
 class ServeAppConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    dashboard: DashboardServeConfig = Field(default_factory=DashboardServeConfig)
     tiers: dict[TierName, TierServeConfig] = Field(
         default_factory=lambda: {"pico": TierServeConfig(model="student_pico")}, min_length=1)
     # auto: pin when a node of the cluster (alive, or a node type the autoscaler can launch) has tier_<tier>
@@ -162,6 +172,49 @@ class Gateway:
     def __init__(self, upscalers: dict, app_cfg: dict):
         self.upscalers = upscalers  # tier -> DeploymentHandle
         self.cfg = ServeAppConfig.model_validate(app_cfg)
+        self.dashboard = None
+        if self.cfg.dashboard.enabled:
+            import os
+            import tempfile
+            from pathlib import Path
+
+            from ..dashboard.site import Site
+
+            token = os.environ.get(self.cfg.dashboard.token_env) or None
+            self.dashboard = Site(storage_from_config(self.cfg.storage), Path(tempfile.mkdtemp(prefix="oss-dashboard-")),
+                                  token, self.cfg.dashboard.refresh_s).start(background=True)
+
+    @api.get("/dashboard")
+    async def dashboard_root(self):
+        return RedirectResponse("/dashboard/")
+
+    @api.get("/dashboard/{path:path}")
+    async def dashboard_file(self, path: str, request: Request):
+        """The dashboard's pages, data and media; the same token rule as `python -m oss_cluster.dashboard serve`."""
+        from ..dashboard.site import COOKIE, LOOPBACK, content_type
+
+        if self.dashboard is None:
+            return _error(404, "the dashboard is off in this app (serve app args: dashboard.enabled: true)")
+        site = self.dashboard
+        allowed, set_cookie = site.authorize(request.headers.get("Authorization"), request.headers.get("Cookie"),
+                                             request.url.query)
+        client = request.client.host if request.client else ""
+        if site.token is None and client not in LOOPBACK:
+            return _error(401, f"the dashboard answers other machines only with a bearer token: set "
+                               f"{self.cfg.dashboard.token_env} on the Serve nodes")
+        if not allowed:
+            return JSONResponse({"error": "401 unauthorized: the dashboard needs its bearer token (Authorization: "
+                                          "Bearer <token>, or open /dashboard/?token=<token> once)"},
+                                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="oss-dashboard"'})
+        if set_cookie:
+            response = RedirectResponse(f"/dashboard/{path}", status_code=303)
+            response.set_cookie(COOKIE, site.token, httponly=True, samesite="strict", path="/dashboard")
+            return response
+        target = site.resolve(path)
+        if target is None:
+            message = "the dashboard is still being built" if site.builds == 0 else f"not found: {path}"
+            return _error(503 if site.builds == 0 else 404, message)
+        return FileResponse(target, media_type=content_type(target), headers={"Cache-Control": "no-cache"})
 
     @api.get("/healthz")
     async def healthz(self):

@@ -119,6 +119,21 @@ def run_latency(tiers: list[str], manifests: dict[str, dict], storage_cfg: dict 
     return rows
 
 
+LATENCY_PREFIX = "latency"  # <storage>/latency/<UTC time>.json: every latency test, read by the dashboard's tiers page
+
+
+def save_results(storage, rows: list[dict]) -> str:
+    """Keep a latency test's rows in storage beside the runs; returns the key (never overwrites one)."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    key = f"{LATENCY_PREFIX}/{stamp}.json"
+    payload = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+    if not storage.create_exclusive(key, dumps(payload).encode()):
+        raise FileExistsError(f"{storage.url(key)} exists")
+    return key
+
+
 def format_rows(rows: list[dict]) -> str:
     header = (f"{'tier':9s} {'backend':11s} {'render':>10s} {'in-proc p50/p95/p99 ms':>24s} {'HTTP p50/p95/p99 ms':>24s} "
               f"{'target':>7s} {'verdict':>12s} {'roofline on target':>20s}  worker")

@@ -25,7 +25,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def endpoint(ray_local):
+def runs_root(tmp_path_factory):
+    """A storage root with one recorded run, for the app's /dashboard route."""
+    from oss_cluster.runs import RunRegistry
+    from oss_cluster.storage import open_storage
+
+    root = tmp_path_factory.mktemp("serve-runs")
+    run = RunRegistry(open_storage(str(root))).allocate("student", "0.1", "pico")
+    run.mark_started()
+    run.log_step(1, loss=0.25)
+    run.finish()
+    return root, str(run.name)
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_local, runs_root):
     from ray import serve
 
     from oss_cluster.serving.app import build_app
@@ -33,7 +47,8 @@ def endpoint(ray_local):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"tiers": {"pico": {"model": "student_pico", "ratio": RATIO, "num_cpus": 0.5}},
-                     "max_pixels": 64 * 64, "max_batch_size": 4})
+                     "max_pixels": 64 * 64, "max_batch_size": 4, "storage": {"root": str(runs_root[0])},
+                     "dashboard": {"enabled": True, "refresh_s": 3600}})
     serve.run(app, name="oss", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # free the CPUs for the training tests that share this Ray instance
@@ -177,3 +192,31 @@ def test_concurrent_requests_are_batched(endpoint, frames):
     assert all(status == 200 for status, _, _ in replies)
     assert max(int(headers["x-batch-size"]) for _, headers, _ in replies) > 1
     assert len({data for _, _, data in replies}) == 1  # no session: same frame, same output
+
+
+def _fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers, response.read(), response.url
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read(), url
+
+
+def test_dashboard_route_serves_the_site_of_the_app_storage(endpoint, runs_root):
+    """GET /dashboard/ on the Serve app: the same pages as `python -m oss_cluster.dashboard serve`, built from the
+    app's storage (a loopback client needs no token when none is configured)."""
+    import time
+
+    _, name = runs_root
+    deadline = time.time() + 60
+    while True:  # the replica builds the site in the background after it starts
+        status, _, body, _ = _fetch(f"{endpoint}/dashboard/data.json")
+        if status != 503 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 200, body
+    assert [run["name"] for run in json.loads(body)["runs"]] == [name]
+    status, _, body, url = _fetch(f"{endpoint}/dashboard")
+    assert status == 200 and b"<title>OpenSuperSampling" in body and url.endswith("/dashboard/")
+    assert _fetch(f"{endpoint}/dashboard/app.js")[1]["content-type"].startswith("text/javascript")
+    assert _fetch(f"{endpoint}/dashboard/nope.txt")[0] == 404

@@ -25,8 +25,15 @@ def test_latency_job_prints_and_writes_the_per_tier_table(tmp_path, ray_local, c
 
     out = tmp_path / "latency.json"
     assert latency_test.main(["--tiers", "pico", "standard", "--scale", "0.05", "--frames", "4", "--warmup", "1",
-                              "--out", str(out)]) == 0
+                              "--out", str(out), "--storage", str(tmp_path / "runs")]) == 0
     rows = json.loads(out.read_text())
+    (kept,) = (tmp_path / "runs" / "latency").glob("*.json")  # the dashboard's tiers page reads these
+    assert json.loads(kept.read_text())["rows"] == rows
+    from oss_cluster.dashboard.site import build
+    from oss_cluster.storage import open_storage
+
+    tiers = {row["tier"]: row for row in build(open_storage(str(tmp_path / "runs")), tmp_path / "site")["tiers"]}
+    assert tiers["pico"]["latency"]["http_ms"] == rows[0]["http_ms"] and tiers["heavy"]["latency"] is None
     assert [row["tier"] for row in rows] == ["pico", "standard"]
     for row in rows:
         assert row["pinned"] and row["backend"] == "onnxruntime" and row["verdict"] == "n/a (scaled)"
