@@ -114,12 +114,21 @@ class DualStackServer(ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one and the help does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oss_cluster.dashboard", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_Help)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("build", "write the static site"), ("serve", "serve the site, rebuilding it as runs change")):
-        command = commands.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = commands.add_parser(name, help=text, formatter_class=_Help)
         command.add_argument("--runs", default="./oss-runs", help="storage root holding the runs (folder or s3://)")
         command.add_argument("--endpoint-url", help="S3 endpoint override (default: AWS_ENDPOINT_URL)")
         command.add_argument("--stale-after", type=float, default=STALE_AFTER_S / 60, metavar="MINUTES",
@@ -129,9 +138,9 @@ def main(argv=None) -> int:
             command.add_argument("--out", required=True, help="site folder to write (new, empty, or built before)")
         else:
             command.add_argument("--out", help="site folder (default: a temporary folder)")
-            command.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs "
-                                                                     f"a token")
-            command.add_argument("--port", type=int, default=8050)
+            command.add_argument("--host", default="127.0.0.1",
+                                 help="address to bind; anything but loopback needs a token")
+            command.add_argument("--port", type=int, default=8050, help="port to bind")
             command.add_argument("--token", help=f"bearer token every request must carry (default ${TOKEN_ENV})")
             command.add_argument("--refresh", type=float, default=15.0, metavar="SECONDS", help="rebuild interval")
     args = parser.parse_args(argv)
@@ -143,7 +152,8 @@ def main(argv=None) -> int:
         storage = open_storage(args.runs, endpoint_url=args.endpoint_url)
         if args.command == "build":
             data = build(storage, Path(args.out), stale_after_s)
-            print(f"built the dashboard of {len(data['runs'])} runs under {storage.uri} into {args.out} "
+            count = len(data["runs"])
+            print(f"built the dashboard of {count} run{'' if count == 1 else 's'} under {storage.uri} into {args.out} "
                   f"(open {Path(args.out).resolve() / 'index.html'} through a web server: python -m "
                   f"oss_cluster.dashboard serve --runs {args.runs})")
             return 0

@@ -100,7 +100,8 @@ class Site:
             build_error(self.out, self.storage.uri, err)
             return
         if self.builds == 0 or self.last_error:
-            self.log(f"dashboard: built {len(data['runs'])} runs from {self.storage.uri} into {self.out} "
+            count = len(data["runs"])
+            self.log(f"dashboard: built {count} run{'' if count == 1 else 's'} from {self.storage.uri} into {self.out} "
                      f"in {time.perf_counter() - started:.1f} s; rebuilding every {self.refresh_s:g} s")
         self.builds += 1
         self.last_error = None
