@@ -8,18 +8,25 @@
                        another machine needs the bearer token in $OSS_DASHBOARD_TOKEN, as for
                        `python -m oss_cluster.dashboard serve` off localhost
 
-Each tier's `Upscaler` replica loads its export (manifest + ONNX / TensorRT files, sha256-checked) or,
-for development, an untrained student; picks TensorRT where the worker has a GPU and an engine, else
-ONNX Runtime; batches concurrent requests with @serve.batch; and keeps each session's previous output
-history buffer and depth (what the temporal student warps and accumulates, and what its disocclusion
-is derived from) in a
-bounded LRU. A frame without motion vectors and depth is answered without history (warping by
-assumed-zero motion would smear the picture): `X-History: unavailable`. Replicas ask for the custom
-resource `tier_<tier>`, which cluster.yaml's target-hardware node types carry, so they land there.
+Requests from other machines need an API token ($OSS_SERVE_TOKEN or the lines of `api_token_file` on
+the Serve nodes; without one configured they get 401); session ids are scoped to the caller's token.
+Bodies are bounded before they are read (413). Each tier's `Upscaler` replica loads its export
+(manifest + ONNX / TensorRT files, sha256-checked) or, for development, an untrained student; picks
+TensorRT where the worker has a GPU and an engine, else ONNX Runtime; batches concurrent requests with
+@serve.batch; and keeps each session's previous output history buffer and depth (what the temporal
+student warps and accumulates, and what its disocclusion is derived from) in half precision, in an LRU
+bounded in sessions and bytes. A frame without motion vectors and depth is answered without history
+(warping by assumed-zero motion would smear the picture): `X-History: unavailable`. Replicas ask for
+the custom resource `tier_<tier>`, which cluster.yaml's target-hardware node types carry, so they land
+there.
 """
 
 
 import asyncio
+import hashlib
+import hmac
+import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Literal
@@ -65,7 +72,17 @@ class ServeAppConfig(Section):
     max_batch_size: PositiveInt = 4
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_sessions: PositiveInt = 64  # per replica; the least recently used history is dropped
+    max_history_bytes: PositiveInt = 512 * 2**20  # per replica: session histories (half precision) beyond it are evicted
+    max_body_bytes: PositiveInt | None = None  # largest request body; default: what max_pixels needs (rgbf32 + planes)
+    api_token_env: str = "OSS_SERVE_TOKEN"  # env var on the Serve nodes holding an API bearer token
+    api_token_file: str | None = None  # or a file on the Serve nodes with one token per line (one per client)
     threads: PositiveInt = 1  # ONNX Runtime intra-op threads per replica
+
+    @property
+    def body_limit(self) -> int:
+        """Bytes a request body may have: an rgbf32 frame of max_pixels, its motion and depth planes, and 64 KiB of
+        multipart framing, unless max_body_bytes says otherwise."""
+        return self.max_body_bytes or self.max_pixels * (3 * 4 + 2 * 4 + 4) + 65536
 
 
 def _load(tier: str, tier_cfg: TierServeConfig, app_cfg: ServeAppConfig):
@@ -93,7 +110,9 @@ class Upscaler:
         self.app_cfg = ServeAppConfig.model_validate(app_cfg)
         self.manifest, self.backend = _load(tier, TierServeConfig.model_validate(tier_cfg), self.app_cfg)
         self.ratio = float(self.manifest["ratio"])
-        self.sessions: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # (history buffer, depth)
+        # (history buffer, depth) per session, in half precision, least recently used first
+        self.sessions: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.history_bytes = 0
         self.frames = 0
         self.upscale_batch.set_max_batch_size(self.app_cfg.max_batch_size)
         self.upscale_batch.set_batch_wait_timeout_s(self.app_cfg.batch_wait_timeout_s)
@@ -103,7 +122,27 @@ class Upscaler:
                 "backend_version": self.backend.version, "model": self.manifest["model"],
                 "source_run": self.manifest.get("source_run"), "source_step": self.manifest.get("source_step"),
                 "onnx_sha256": self.manifest["files"]["onnx"].get("sha256"), "frames_served": self.frames,
-                "sessions": len(self.sessions)}
+                "sessions": len(self.sessions), "history_bytes": self.history_bytes, "pid": os.getpid()}
+
+    def _remember(self, session: str, history: np.ndarray, depth: np.ndarray) -> None:
+        """Keep a session's history in half precision and evict the least recently used beyond the bounds."""
+        self._forget(session)
+        stored = (history.astype(np.float16), depth.astype(np.float16))
+        self.sessions[session] = stored
+        self.history_bytes += stored[0].nbytes + stored[1].nbytes
+        while len(self.sessions) > 1 and (len(self.sessions) > self.app_cfg.max_sessions or
+                                          self.history_bytes > self.app_cfg.max_history_bytes):
+            oldest = next(iter(self.sessions))
+            reason = (f"{len(self.sessions)} sessions > max_sessions {self.app_cfg.max_sessions}"
+                      if len(self.sessions) > self.app_cfg.max_sessions else
+                      f"{self.history_bytes} history bytes > max_history_bytes {self.app_cfg.max_history_bytes}")
+            self._forget(oldest)
+            logger.warning("upscaler %s: evicted the least recently used session history (%s)", self.tier, reason)
+
+    def _forget(self, session: str) -> None:
+        stored = self.sessions.pop(session, None)
+        if stored is not None:
+            self.history_bytes -= stored[0].nbytes + stored[1].nbytes
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         return round(h * self.ratio), round(w * self.ratio)
@@ -131,8 +170,8 @@ class Upscaler:
                 else:
                     stored, status = None, "new"
                 # Zeros: no history buffer, and a previous depth of 0 marks every pixel disoccluded.
-                previous.append(stored[0] if stored else np.zeros((HISTORY_CHANNELS, H, W), np.float32))
-                previous_depth.append(stored[1] if stored else np.zeros((1, h, w), np.float32))
+                previous.append(stored[0].astype(np.float32) if stored else np.zeros((HISTORY_CHANNELS, H, W), np.float32))
+                previous_depth.append(stored[1].astype(np.float32) if stored else np.zeros((1, h, w), np.float32))
                 history.append(status)
             inputs = {
                 "lr": np.stack([frames[i]["lr"] for i in indices]),
@@ -147,12 +186,9 @@ class Upscaler:
             for j, i in enumerate(indices):
                 session = frames[i]["session"]
                 if session and not frames[i]["geometry"]:  # nothing to continue from: the next frame starts anew
-                    self.sessions.pop(session, None)
+                    self._forget(session)
                 elif session:
-                    self.sessions[session] = (histories[j], frames[i]["depth"])
-                    self.sessions.move_to_end(session)
-                    while len(self.sessions) > self.app_cfg.max_sessions:
-                        self.sessions.popitem(last=False)
+                    self._remember(session, histories[j], frames[i]["depth"])
                 results[i] = {"image": to_uint8(outputs[j]), "history": history[j], "batch": len(indices),
                               "inference_ms": elapsed_ms, "backend": self.backend.name}
         self.frames += len(frames)
@@ -160,6 +196,9 @@ class Upscaler:
 
 
 api = FastAPI(title="OpenSuperSampling upscaling endpoint")
+logger = logging.getLogger("ray.serve")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+REPLY_TYPES = ("image/png", "application/octet-stream")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -191,7 +230,7 @@ class Gateway:
     @api.get("/dashboard/{path:path}")
     async def dashboard_file(self, path: str, request: Request):
         """The dashboard's pages, data and media; the same token rule as `python -m oss_cluster.dashboard serve`."""
-        from ..dashboard.site import COOKIE, LOOPBACK, content_type
+        from ..dashboard.site import COOKIE, content_type
 
         if self.dashboard is None:
             return _error(404, "the dashboard is off in this app (serve app args: dashboard.enabled: true)")
@@ -225,7 +264,11 @@ class Gateway:
         return {"status": "ok", "tiers": sorted(info["tier"] for info in infos)}
 
     @api.get("/v1/models")
-    async def models(self):
+    async def models(self, request: Request):
+        try:
+            self._caller(request)
+        except RequestError as err:
+            return _error(err.status, err.message)
         infos = await asyncio.gather(*(h.info.remote() for h in self.upscalers.values()))
         import onnxruntime
         import ray
@@ -233,34 +276,100 @@ class Gateway:
         return {"models": infos, "versions": {"ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
                 "max_pixels": self.cfg.max_pixels}
 
+    def _caller(self, request: Request) -> str:
+        """Who is calling, for scoping sessions: a digest of the bearer token (empty without one). Raises 401
+        when the app has an API token and the request lacks it, or has none and the client is not on this machine."""
+        tokens = self._tokens()
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if not tokens:
+            client = request.client.host if request.client else ""
+            if client not in LOOPBACK:
+                raise RequestError(401, f"this endpoint answers other machines only with an API token: set "
+                                        f"{self.cfg.api_token_env} on the Serve nodes and send Authorization: Bearer")
+            return ""
+        if given is None or not any(hmac.compare_digest(given.encode(), token.encode()) for token in tokens):
+            raise RequestError(401, "missing or wrong API token: send Authorization: Bearer <token>")
+        return hashlib.sha256(given.encode()).hexdigest()[:16]
+
+    def _tokens(self) -> list[str]:
+        """The API tokens: $api_token_env and the lines of api_token_file (read per request, so rotation works)."""
+        tokens = [os.environ[self.cfg.api_token_env]] if os.environ.get(self.cfg.api_token_env) else []
+        if self.cfg.api_token_file:
+            try:
+                with open(self.cfg.api_token_file) as handle:
+                    tokens += [line.strip() for line in handle if line.strip()]
+            except OSError as err:
+                raise RequestError(500, f"api_token_file {self.cfg.api_token_file} cannot be read ({err.strerror}): "
+                                        "refusing every request") from None
+        return tokens
+
+    def _tier(self, request: Request) -> tuple[str, str]:
+        """(tier, how it was chosen): ?tier= and X-Tier must agree; without either, the first configured tier."""
+        query, header = request.query_params.get("tier"), request.headers.get("X-Tier")
+        if query and header and query != header:
+            raise RequestError(400, f"?tier={query} and X-Tier: {header} disagree: give one")
+        tier = query or header
+        if tier is None:
+            return next(iter(self.upscalers)), "default"
+        if tier not in self.upscalers:
+            raise RequestError(404, f"unknown tier {tier!r}; served tiers: {', '.join(self.upscalers)}")
+        return tier, "query" if query else "header"
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it is known to exceed the limit (Content-Length first,
+        then while it streams), so an oversized body is never read whole."""
+        limit = self.cfg.body_limit
+        declared = request.headers.get("Content-Length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestError(400, f"header Content-Length: {declared!r} is not a byte count")
+            if int(declared) > limit:
+                raise RequestError(413, f"body of {int(declared)} bytes; the limit is {limit} (max_body_bytes)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body over {limit} bytes (max_body_bytes); stopped reading")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request._body = body  # starlette replays it to request.form()
+        return body
+
     @api.post("/v1/upscale")
     async def upscale(self, request: Request):
         try:
-            tier = request.query_params.get("tier") or request.headers.get("X-Tier") or next(iter(self.upscalers))
-            if tier not in self.upscalers:
-                raise RequestError(404, f"unknown tier {tier!r}; served tiers: {', '.join(self.upscalers)}")
-            frame = await self._decode(request)
+            caller = self._caller(request)
+            tier, chosen = self._tier(request)
+            accept = request.headers.get("Accept", "image/png")
+            wanted = [t.split(";")[0].strip() for t in accept.split(",") if t.strip()]
+            if not any(t in REPLY_TYPES or t in ("*/*", "image/*") for t in wanted):
+                raise RequestError(406, f"Accept: {accept!r}: replies are image/png or application/octet-stream (rgb8)")
+            raw_reply = "application/octet-stream" in wanted and "image/png" not in wanted
+            frame = await self._decode(request, await self._body(request))
         except RequestError as err:
             return _error(err.status, err.message)
+        if frame["session"]:
+            frame["session"] = f"{caller}:{frame['session']}"  # one caller cannot touch another's history
         result = await self.upscalers[tier].upscale.remote(frame)
         image = result["image"]
         headers = {"X-Width": str(image.shape[1]), "X-Height": str(image.shape[0]), "X-Backend": result["backend"],
                    "X-History": result["history"], "X-Batch-Size": str(result["batch"]),
-                   "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Tier": tier}
+                   "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Tier": tier, "X-Tier-Source": chosen}
         if result["history"] == "unavailable":
             headers["X-History-Reason"] = ("the request has no motion vectors and depth (multipart parts 'motion' and "
                                            "'depth'): upscaled from this frame alone")
-        if "application/octet-stream" in request.headers.get("Accept", ""):
+        if raw_reply:
             return Response(image.tobytes(), media_type="application/octet-stream", headers={**headers, "X-Format": "rgb8"})
         return Response(encode_png(image), media_type="image/png", headers=headers)
 
-    async def _decode(self, request: Request) -> dict:
+    async def _decode(self, request: Request, body: bytes) -> dict:
         content_type = request.headers.get("Content-Type", "")
         headers = request.headers
         motion = depth = None
         if content_type.startswith("multipart/form-data"):
             try:
-                form = await request.form()
+                form = await request.form(max_files=3, max_fields=3, max_part_size=self.cfg.body_limit)
             except Exception as err:
                 raise RequestError(400, f"malformed multipart body: {err}") from None
             known = {"frame", "motion", "depth"}
@@ -280,7 +389,7 @@ class Gateway:
                     plane = decode_plane(data, name, 2 if name == "motion" else 1, size)
                     motion, depth = (plane, depth) if name == "motion" else (motion, plane)
         else:
-            lr = decode_frame(content_type, await request.body(), headers, self.cfg.max_pixels)
+            lr = decode_frame(content_type, body, headers, self.cfg.max_pixels)
         h, w = lr.shape[-2:]
         return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")),
                 "motion": motion if motion is not None else np.zeros((2, h, w), np.float32),

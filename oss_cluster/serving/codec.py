@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 
@@ -46,11 +47,23 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise RequestError(413, f"frame {width}x{height} has {width * height} pixels; the maximum is {max_pixels}")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"RIFF", "RIFF (WebP?)"),
+               (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"))
+
+
 def decode_png(data: bytes, max_pixels: int) -> np.ndarray:
     """PNG bytes -> float32 [3, h, w] in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels + 1
+    if not data.startswith(PNG_SIGNATURE):
+        known = next((name for magic, name in IMAGE_MAGIC if data.startswith(magic)), None)
+        if known:
+            raise RequestError(415, f"frame: labelled image/png but the body is {known}: send PNG, or raw pixels as "
+                                    "application/octet-stream")
+        raise RequestError(400, f"frame: labelled image/png but the body does not start with the PNG signature "
+                                f"(first bytes {data[:8]!r})")
     try:
         image = Image.open(io.BytesIO(data))
         if image.format != "PNG":
@@ -60,7 +73,9 @@ def decode_png(data: bytes, max_pixels: int) -> np.ndarray:
     except RequestError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise RequestError(400, f"frame: not a readable PNG image ({err})") from None
+        # PIL's messages can name in-memory objects ("<_io.BytesIO object at 0x...>"): keep only what helps.
+        reason = re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(err)).strip() or type(err).__name__
+        raise RequestError(400, f"frame: not a readable PNG image (truncated or corrupt: {reason})") from None
     except Image.DecompressionBombError:
         raise RequestError(413, f"frame: more than {max_pixels} pixels") from None
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

@@ -11,6 +11,7 @@ peak x the assumed efficiency), so a CPU measurement and the target can be read 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
@@ -79,8 +80,11 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
         body = encode_png(to_uint8(lr[0]))
         http = []
         for index in range(warmup + frames):
+            # An endpoint reached from another machine needs the API token (OSS_SERVE_TOKEN, as on the Serve nodes).
+            token = os.environ.get("OSS_SERVE_TOKEN")
             request = urllib.request.Request(f"{url}/v1/upscale?tier={tier_name}", data=body, method="POST",
-                                             headers={"Content-Type": "image/png", "X-Session-Id": "latency"})
+                                             headers={"Content-Type": "image/png", "X-Session-Id": "latency",
+                                                      **({"Authorization": f"Bearer {token}"} if token else {})})
             started = time.perf_counter()
             with urllib.request.urlopen(request, timeout=600) as response:
                 response.read()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -45,7 +46,8 @@ def endpoint(ray_local, runs_root):
     from oss_cluster.serving.app import build_app
 
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Bound beyond loopback so the tests can also call it as another machine would (through _lan_address()).
+    serve.start(http_options={"host": "0.0.0.0", "port": port})
     app = build_app({"tiers": {"pico": {"model": "student_pico", "ratio": RATIO, "num_cpus": 0.5}},
                      "max_pixels": 64 * 64, "max_batch_size": 4, "storage": {"root": str(runs_root[0])},
                      "dashboard": {"enabled": True, "refresh_s": 3600}})
@@ -118,7 +120,8 @@ def test_png_stream_with_session_matches_in_process_inference(endpoint, frames):
         inputs = {"lr": lr, "depth": frame["depth"][None], "jitter": frame["jitter"][None],
                   "motion": frame["motion"][None], "previous_depth": previous_depth, "previous": history}
         output, history = backend.run(inputs)
-        previous_depth = frame["depth"][None]
+        history = history.astype(np.float16).astype(np.float32)  # the replica keeps histories in half precision
+        previous_depth = frame["depth"][None].astype(np.float16).astype(np.float32)
         assert np.abs(got.astype(int) - to_uint8(output[0]).astype(int)).max() <= 1
 
 
@@ -158,7 +161,10 @@ def test_bad_requests_get_4xx_json_and_the_replica_stays_healthy(endpoint, frame
     nan_motion = np.full((32, 48, 2), np.nan, "<f4").tobytes()
     body, content_type = multipart(frames[0])
     bad = [
-        (b"definitely not a png", {"Content-Type": "image/png"}, 400, "not a readable PNG"),
+        (b"definitely not a png", {"Content-Type": "image/png"}, 400, "does not start with the PNG signature"),
+        (good[:60], {"Content-Type": "image/png"}, 400, "truncated or corrupt"),
+        (b"\xff\xd8\xff\xe0" + bytes(64), {"Content-Type": "image/png"}, 415, "the body is JPEG"),
+        (good, {"Content-Type": "image/png", "X-Tier": "pico", "Accept": "text/html"}, 406, "Accept"),
         (good, {"Content-Type": "text/plain"}, 415, "Content-Type"),
         (b"", {"Content-Type": "image/png"}, 400, "empty body"),
         (encode_png(np.zeros((80, 80, 3), np.uint8)), {"Content-Type": "image/png"}, 413, "maximum"),
@@ -178,6 +184,11 @@ def test_bad_requests_get_4xx_json_and_the_replica_stays_healthy(endpoint, frame
         code, _, reply = post(endpoint, data, headers)
         assert code == status, (headers, reply)
         assert words in json.loads(reply)["error"], reply
+        assert "object at 0x" not in json.loads(reply)["error"], reply
+    code, _, reply = post(endpoint, good, {"Content-Type": "image/png", "X-Tier": "pico"}, path="/v1/upscale?tier=heavy")
+    assert code == 400 and "disagree" in json.loads(reply)["error"]
+    code, headers, _ = post(endpoint, good, {"Content-Type": "image/png"})
+    assert code == 200 and (headers["x-tier"], headers["x-tier-source"]) == ("pico", "default")
     status, _, data = post(endpoint, good, {"Content-Type": "image/png"})
     assert status == 200 and Image.open(io.BytesIO(data)).size == (72, 48)
     assert get_json(endpoint, "/healthz")["status"] == "ok"
@@ -220,3 +231,117 @@ def test_dashboard_route_serves_the_site_of_the_app_storage(endpoint, runs_root)
     assert status == 200 and b"<title>OpenSuperSampling" in body and url.endswith("/dashboard/")
     assert _fetch(f"{endpoint}/dashboard/app.js")[1]["content-type"].startswith("text/javascript")
     assert _fetch(f"{endpoint}/dashboard/nope.txt")[0] == 404
+
+
+def _lan_address() -> str:
+    """This machine's address on its network (not loopback): how another machine reaches the endpoint."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+        address = probe.getsockname()[0]
+    assert not address.startswith("127."), "this machine has no non-loopback address to test from"
+    return address
+
+
+def test_other_machines_need_an_api_token(endpoint, frames):
+    lan = f"http://{_lan_address()}:{endpoint.rsplit(':', 1)[1]}"
+    status, _, reply = post(lan, png_of(frames[0]), {"Content-Type": "image/png"})
+    assert status == 401 and "OSS_SERVE_TOKEN" in json.loads(reply)["error"]
+    assert _fetch(lan + "/v1/models")[0] == 401
+    assert _fetch(lan + "/healthz")[0] == 200  # health carries no data; load balancers probe it
+
+
+def _raw_exchange(port: int, head: bytes, body_chunks=()) -> tuple[int, bytes]:
+    """Send a hand-made HTTP request (headers, then body chunks while the server still reads) and return the status
+    and body of the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent: what a limit should do
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply) < reply.index(b"\r\n\r\n") + 4 + int(
+                re.search(rb"(?i)content-length: (\d+)", reply).group(1) if re.search(rb"(?i)content-length: (\d+)", reply) else 0):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    return int(reply.split(b" ", 2)[1]), reply.split(b"\r\n\r\n", 1)[1]
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(endpoint):
+    port = int(endpoint.rsplit(":", 1)[1])
+    limit = 64 * 64 * (3 * 4 + 2 * 4 + 4) + 65536  # ServeAppConfig.body_limit for max_pixels 64 x 64
+    # A declared length over the limit: 413 at once, although not one byte of the body is sent.
+    status, body = _raw_exchange(port, b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                       b"Content-Length: 1000000000\r\nConnection: close\r\n\r\n")
+    assert status == 413 and b"limit" in body
+    # No length, streamed in chunks past the limit: 413 once the limit is crossed.
+    chunk = b"x" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // len(chunk) + 2)] + [b"0\r\n\r\n"]
+    status, body = _raw_exchange(port, b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n", chunks)
+    assert status == 413 and b"stopped reading" in body
+    assert get_json(endpoint, "/healthz")["status"] == "ok"
+
+
+def test_tokens_scope_sessions_and_a_mixed_load_leaves_valid_streams_exact(endpoint, frames, tmp_path):
+    """A second app with two API tokens (one per client, in a token file): requests need one, sessions are
+    scoped to it, and valid streams stay exact while oversized, truncated and malformed requests arrive
+    between them; no replica restarts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from oss_cluster.serving.app import build_app
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("client-a\nclient-b\n")
+    serve.run(build_app({"tiers": {"pico": {"model": "student_pico", "ratio": RATIO, "num_cpus": 0.25}},
+                         "max_pixels": 64 * 64, "api_token_file": str(tokens),
+                         # one 48x72 session holds 4x48x72 + 32x48 half floats = 30,720 bytes: room for one
+                         "max_history_bytes": 40_000}), name="oss-secure", route_prefix="/secure")
+    secure = endpoint + "/secure"
+    try:
+        body, content_type = multipart(frames[0])
+        headers = {"Content-Type": content_type, "X-Session-Id": "shared-name"}
+        assert post(secure, body, headers)[0] == 401
+        assert post(secure, body, {**headers, "Authorization": "Bearer nope"})[0] == 401
+        a, b = {**headers, "Authorization": "Bearer client-a"}, {**headers, "Authorization": "Bearer client-b"}
+        assert post(secure, body, a)[1]["x-history"] == "new"
+        assert post(secure, body, a)[1]["x-history"] == "continued"
+        assert post(secure, body, b)[1]["x-history"] == "new"  # same session id, other client: not a's history
+        # b's history pushed a's out (bytes bound, least recently used first): a starts anew, b continues.
+        assert post(secure, body, a)[1]["x-history"] == "new"
+        request = urllib.request.Request(secure + "/v1/models", headers={"Authorization": "Bearer client-a"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            (model,) = json.loads(response.read())["models"]
+        assert model["sessions"] == 1 and model["history_bytes"] == 30_720
+        before = get_json(endpoint, "/v1/models")["models"][0]["pid"]
+
+        def stream(index):
+            """One valid 3-frame stream; returns its outputs."""
+            outputs = []
+            for frame in frames:
+                data, kind = multipart(frame)
+                status, _, reply = post(endpoint, data, {"Content-Type": kind, "X-Session-Id": f"load-{index}"})
+                assert status == 200, reply
+                outputs.append(reply)
+            return outputs
+
+        good = png_of(frames[0])
+        junk = [(b"x" * 200_000, {"Content-Type": "image/png"}), (good[:40], {"Content-Type": "image/png"}),
+                (b"--x\r\nbroken", {"Content-Type": "multipart/form-data; boundary=x"}),
+                (good, {"Content-Type": "image/png", "X-Jitter": "9,9"})]
+        with ThreadPoolExecutor(6) as pool:
+            streams = [pool.submit(stream, i) for i in range(3)]
+            bad = [pool.submit(post, endpoint, data, kind) for data, kind in junk * 3]
+            results = [s.result() for s in streams]
+            assert all(400 <= f.result()[0] < 500 for f in bad)
+        assert results[0] == results[1] == results[2]  # every stream's frames equal, however requests interleaved
+        alone = stream(99)
+        assert results[0] == alone  # and equal to the same stream sent with nothing else going on
+        assert get_json(endpoint, "/v1/models")["models"][0]["pid"] == before  # no replica restarted
+    finally:
+        serve.delete("oss-secure")
