@@ -21,6 +21,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -66,8 +67,21 @@ class DataConfig(Section):
     source: Literal["synth", "tartanair", "shards"] = "synth"
     shards: str | None = None  # storage URI of a built dataset, when source == "shards"
     root: str | None = None  # TartanAir trajectory folder, when source == "tartanair"
-    ratio: float = Field(2.0, gt=1.0, le=4.0)  # output size / input size, per axis
+    ratio: float = Field(2.0, gt=1.0, le=4.0)  # output size / input size, per axis; a fraction such as 4/3 is exact
     out_size: tuple[PositiveInt, PositiveInt] = (480, 640)  # ground truth (H, W) in pixels
+
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _fraction(cls, value):
+        """'4/3' -> 1.333...: sizes are scaled by the exact fraction (tiers.scaled_size) either way."""
+        if isinstance(value, str) and "/" in value:
+            from fractions import Fraction
+
+            try:
+                return float(Fraction(value.strip()))
+            except (ValueError, ZeroDivisionError):
+                raise ValueError(f"{value!r} is not a fraction such as 4/3") from None
+        return value
     window: PositiveInt = 4  # K frames per temporal sample
     frames: PositiveInt = 240  # synthetic frames to generate in all
     frames_per_sequence: PositiveInt = 60  # synthetic frames per scene (one seed each)

@@ -31,7 +31,7 @@ from .models.accumulate import HISTORY_CHANNELS, empty_history
 from .models.temporal import FRAME_KEYS
 from .runs import RunRegistry
 from .storage import Storage
-from .tiers import TIERS
+from .tiers import TIERS, ratio_fraction, scaled_size
 
 INPUT_NAMES = ["lr", "depth", "jitter", "motion", "previous_depth", "previous"]
 OUTPUT_NAMES = ["output", "history"]
@@ -66,7 +66,7 @@ def frame_steps(model: torch.nn.Module, window: dict, ratio: float) -> list[tupl
     history buffer and the previous depth (the first frame: zeros, no history), as a game would stream them."""
     frames = window["lr"].shape[0]
     h, w = window["lr"].shape[-2:]
-    out_size = tuple(window["gt"].shape[-2:]) if "gt" in window else (round(h * ratio), round(w * ratio))
+    out_size = tuple(window["gt"].shape[-2:]) if "gt" in window else scaled_size(h, w, ratio)
     previous, previous_depth = empty_history(window["lr"][:1].float(), out_size)
     steps = []
     for k in range(frames):
@@ -134,7 +134,7 @@ def build_tensorrt_engine(onnx: bytes, precision: str, input_size: tuple[int, in
     for fraction, batch in (("min", (0.25, 1)), ("opt", (1.0, 1)), ("max", (1.0, 4))):
         scale, count = batch
         h, w = max(8, int(height * scale)), max(8, int(width * scale))
-        H, W = round(h * ratio), round(w * ratio)
+        H, W = scaled_size(h, w, ratio)
         shapes[fraction] = {"lr": (count, 3, h, w), "depth": (count, 1, h, w), "jitter": (count, 2),
                             "motion": (count, 2, h, w), "previous_depth": (count, 1, h, w),
                             "previous": (count, HISTORY_CHANNELS, H, W)}
@@ -226,6 +226,7 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
             log(f"TensorRT {precision} engine: {len(engine):,} bytes")
     manifest = {
         "tier": cfg.tier, "model": cfg.model.name, "options": cfg.model.options, "ratio": ratio,
+        "ratio_fraction": str(ratio_fraction(ratio)),  # what sizes scale by, exactly (tiers.scaled_size)
         "input_size": list(tier.input_size), "output_size": list(tier.output_size),
         "precision": "fp32" if skipped else ["fp32", *precisions],
         "source_run": str(run.name), "source_checkpoint": checkpoint, "source_step": _last_step(run.record),

@@ -9,9 +9,26 @@ The budget is computed, never typed in:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 # Achievable fraction of the hardware's peak that a small conv student reaches (DESIGN.md).
 ASSUMED_EFFICIENCY = 0.5
+
+
+def ratio_fraction(ratio: float | str | Fraction) -> Fraction:
+    """The small fraction an SR ratio stands for: 1.333 or "4/3" -> 4/3, 1.5 -> 3/2, 2.0 -> 2 (denominator at most
+    16, within 1e-3 of the number given). Sizes scale by it exactly: 1920 x 4/3 = 2560, where 1920 x 1.333 rounds
+    to 2559."""
+    value = Fraction(ratio) if isinstance(ratio, str) else Fraction(ratio).limit_denominator(16)
+    if abs(float(value) - float(Fraction(ratio))) > 1e-3:
+        raise ValueError(f"ratio {ratio}: not within 1e-3 of a fraction with a denominator up to 16")
+    return value
+
+
+def scaled_size(h: int, w: int, ratio: float | str | Fraction) -> tuple[int, int]:
+    """(H, W) = (h, w) x ratio, rounded to the nearest pixel with the ratio taken as its exact fraction."""
+    exact = ratio_fraction(ratio)
+    return round(h * exact), round(w * exact)
 
 
 @dataclass(frozen=True)

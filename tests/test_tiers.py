@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from oss_cluster.tiers import TIERS, get_tier
+from oss_cluster.tiers import TIERS, get_tier, ratio_fraction, scaled_size
 
 
 def test_table_matches_design():
@@ -35,3 +35,18 @@ def test_cli_prints_table():
     out = subprocess.run([sys.executable, "-m", "oss_cluster.tiers"], capture_output=True, text=True, check=True).stdout
     for needle in ("pico", "standard", "heavy", "1,543", "20,752", "47,020", "1280x720 -> 1920x1080"):
         assert needle in out
+
+
+def test_sizes_scale_by_the_exact_ratio():
+    """1920x1080 at the standard tier's 4/3 is 2560x1440 (1920 x 1.333 would round to 2559), whether the ratio is
+    the tier's, the configs' 1.333 or the string '4/3'; every tier's render size scales to its display size."""
+    from oss_cluster.config import load_config
+
+    for ratio in (TIERS["standard"].ratio, 1.333, "4/3", load_config(None, ["data.ratio=4/3"]).data.ratio):
+        assert scaled_size(1080, 1920, ratio) == (1440, 2560)
+    for tier in TIERS.values():
+        (w, h), (W, H) = tier.input_size, tier.output_size
+        assert scaled_size(h, w, tier.ratio) == (H, W)
+    assert str(ratio_fraction(1.5)) == "3/2"
+    with pytest.raises(ValueError, match="1.4142"):
+        ratio_fraction(1.4142)

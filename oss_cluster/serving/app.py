@@ -41,6 +41,7 @@ from ..cluster import tier_pinning
 from ..config import ConfigError, Section, StorageConfig, TierName
 from ..models.accumulate import HISTORY_CHANNELS
 from ..storage import storage_from_config
+from ..tiers import scaled_size
 from .codec import RequestError, decode_frame, decode_plane, encode_png, parse_jitter, to_uint8
 
 
@@ -145,7 +146,7 @@ class Upscaler:
             self.history_bytes -= stored[0].nbytes + stored[1].nbytes
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        return round(h * self.ratio), round(w * self.ratio)
+        return scaled_size(h, w, self.ratio)  # exact: 1920x1080 at 4/3 is 2560x1440
 
     async def upscale(self, frame: dict) -> dict:
         return await self.upscale_batch(frame)

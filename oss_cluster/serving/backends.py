@@ -11,6 +11,7 @@ import numpy as np
 
 from ..export import INPUT_NAMES, OUTPUT_NAMES, onnx_bytes, tensorrt_unavailable, verified_bytes
 from ..storage import Storage
+from ..tiers import scaled_size
 
 
 class OnnxRuntimeBackend:
@@ -94,7 +95,7 @@ def untrained_manifest(model_name: str, ratio: float) -> dict:
     torch.manual_seed(0)
     model = build_model(model_name).eval()
     h, w = 16, 24
-    H, W = round(h * ratio), round(w * ratio)
+    H, W = scaled_size(h, w, ratio)
     sample = (torch.rand(1, 3, h, w), torch.rand(1, 1, h, w), torch.zeros(1, 2), torch.zeros(1, 2, h, w),
               torch.zeros(1, 1, h, w), torch.zeros(1, HISTORY_CHANNELS, H, W))
     data = onnx_bytes(model, sample)

@@ -18,7 +18,7 @@ import urllib.request
 import numpy as np
 
 from ..cluster import tier_pinning
-from ..tiers import TIERS
+from ..tiers import TIERS, scaled_size
 
 
 def student_flops_per_frame(model_name: str, size: tuple[int, int], ratio: float) -> float:
@@ -27,9 +27,9 @@ def student_flops_per_frame(model_name: str, size: tuple[int, int], ratio: float
 
     # Count at a small size and scale by pixels (every layer is per-pixel; counting at 4K is slow).
     w, h = 128, 72
-    H, W = round(h * ratio), round(w * ratio)
+    H, W = scaled_size(h, w, ratio)
     per_output_pixel = step_flops(model_name, (h, w), (H, W)) / (H * W)
-    out_w, out_h = round(size[0] * ratio), round(size[1] * ratio)
+    out_h, out_w = scaled_size(size[1], size[0], ratio)
     return per_output_pixel * out_w * out_h
 
 
@@ -61,7 +61,7 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
     backend = load_backend(manifest, storage, threads=threads)
     ratio = float(manifest["ratio"])
     w, h = max(8, round(tier.input_size[0] * scale)), max(8, round(tier.input_size[1] * scale))
-    H, W = round(h * ratio), round(w * ratio)
+    H, W = scaled_size(h, w, ratio)
     rng = np.random.default_rng(0)
     lr = rng.random((1, 3, h, w), dtype=np.float32)
     inputs = {"lr": lr, "depth": np.ones((1, 1, h, w), np.float32), "jitter": np.zeros((1, 2), np.float32),

@@ -33,6 +33,7 @@ def test_export_writes_onnx_with_manifest_and_passes_parity(shipped, exported):
     storage = open_storage(str(root))
     manifest, lines = exported
     assert manifest["tier"] == "pico" and manifest["ratio"] == 1.5 and manifest["input_size"] == [1280, 720]
+    assert manifest["ratio_fraction"] == "3/2"
     assert manifest["source_checkpoint"] == latest_checkpoint(storage, student)
     assert manifest["parity"]["max_abs_error"] <= PARITY_TOLERANCE and manifest["parity"]["frames"] >= 4
     assert "skipped" in manifest["tensorrt"] and any("TensorRT export skipped" in line for line in lines)
