@@ -196,9 +196,17 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     """Export the run's newest checkpoint; returns the manifest (also written next to the files)."""
     from .evaluate import heldout_sequences, window_tensors
 
+    registry = RunRegistry(storage)
+    if str(run_name) not in {str(name) for name in registry.names()}:
+        students = [str(n) for n in registry.names() if n.family == "student"]
+        raise FileNotFoundError(f"no run {run_name} under {storage.url('runs')}; student runs there: "
+                                f"{', '.join(students) or 'none'} (all runs: python -m oss_cluster.dashboard serve "
+                                f"--runs {storage.uri})")
     model, cfg, checkpoint = load_model(storage, run_name)
     if cfg.model.name not in {f"student_{tier}" for tier in TIERS}:
-        raise ExportError(f"run {run_name} trained {cfg.model.name!r}; export ships students (student_<tier>)")
+        raise ExportError(f"run {run_name} trained {cfg.model.name!r}, and export ships students (student_<tier>). "
+                          f"Distil a student from it first: python jobs/distill_student.py --tier {cfg.tier} "
+                          f"--teacher-run {run_name} --set storage.root={storage.uri}, then export that student run")
     run = RunRegistry(storage).open(run_name)
     ratio, tier = cfg.data.ratio, TIERS[cfg.tier]
     windows = [window_tensors(w) for w in heldout_sequences(cfg, frames=parity_frames)]

@@ -146,5 +146,18 @@ def format_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m oss_cluster.tiers",
+                                     description="Print the tier table: teacher, student cap, target hardware and "
+                                                 "peak, latency target, render -> display size, ratio and the "
+                                                 "FLOPs-per-output-pixel budget (peak x efficiency x latency / "
+                                                 "output pixels).")
+    parser.parse_args(argv)
     print(format_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -50,3 +50,9 @@ def test_sizes_scale_by_the_exact_ratio():
     assert str(ratio_fraction(1.5)) == "3/2"
     with pytest.raises(ValueError, match="1.4142"):
         ratio_fraction(1.4142)
+
+
+def test_cli_help_is_help():
+    out = subprocess.run([sys.executable, "-m", "oss_cluster.tiers", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("usage: python -m oss_cluster.tiers") and "FLOPs-per-output-pixel" in out

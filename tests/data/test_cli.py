@@ -47,7 +47,13 @@ def test_build_tartanair_reports_flow_check(tmp_path):
 
 def test_bad_arguments_are_named(tmp_path):
     done = run_cli("build", "--source", "synth", "--ratio", "0.5", "--out", str(tmp_path / "x"))
-    assert done.returncode == 2 and "data.ratio" in done.stderr
+    assert done.returncode == 2 and "--ratio 0.5: Input should be greater than 1" in done.stderr  # the flag typed
+    assert "data.ratio" not in done.stderr
+    done = run_cli("build", "--source", "tartanair", "--out", str(tmp_path / "w"))
+    assert done.returncode == 2 and "--source tartanair needs --root" in done.stderr and "Value error" not in done.stderr
+    assert not (tmp_path / "w").exists()
+    done = run_cli("build", "--help")
+    assert "(default 240)" in done.stdout and "(default synth)" in done.stdout
     done = run_cli("build", "--source", "tartanair", "--root", str(tmp_path / "absent"), "--out", str(tmp_path / "y"))
     assert done.returncode == 2 and "absent: no such folder" in done.stderr
     done = run_cli("build", "--size", "big", "--out", str(tmp_path / "z"))

@@ -1,6 +1,7 @@
 """Shipping path on the session's Ray instance: a (tiny) Pico teacher run, the Pico student distilled
 from it with the smoke schedule, its ONNX export with manifest, and Net2Net initialisation."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,18 @@ def test_missing_teacher_is_refused_before_training(tmp_path, ray_local):
     with pytest.raises(FileNotFoundError, match="hat-v0.1-pico-404"):
         train_distributed(cfg)
     assert CheckpointError.__mro__[1] is FileNotFoundError
+
+
+def test_export_errors_name_the_next_step(shipped, capsys):
+    """Export of a teacher run says to distil a student from it (with the command); an unknown run lists the
+    student runs that exist."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import export_student as job
+
+    root, teacher, student, _ = shipped
+    assert job.main([teacher, "--storage", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "export ships students" in err and f"python jobs/distill_student.py --tier pico --teacher-run {teacher}" in err
+    assert job.main(["student-v0.1-pico-077", "--storage", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "no run student-v0.1-pico-077" in err and str(student) in err
