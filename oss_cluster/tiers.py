@@ -45,6 +45,8 @@ class Tier:
     latency_ms: float  # ship latency target per frame
     input_size: tuple[int, int]  # (W, H) render resolution
     output_size: tuple[int, int]  # (W, H) display resolution
+    memory_gbps: float = 0.0  # the reference device's memory bandwidth, GB/s (1e9 bytes/s)
+    memory_source: str = ""  # where that figure comes from
     efficiency: float = ASSUMED_EFFICIENCY
 
     @property
@@ -78,6 +80,8 @@ TIERS: dict[str, Tier] = {
             latency_ms=2.0,
             input_size=(1280, 720),
             output_size=(1920, 1080),
+            memory_gbps=88.0,
+            memory_source="Steam Deck: LPDDR5 at 5500 MT/s on four 32-bit channels (Valve's tech specs) = 88 GB/s",
         ),
         Tier(
             name="standard",
@@ -92,6 +96,8 @@ TIERS: dict[str, Tier] = {
             latency_ms=3.0,
             input_size=(1920, 1080),
             output_size=(2560, 1440),
+            memory_gbps=360.0,
+            memory_source="RTX 3060 12 GB: 15 Gbps GDDR6 on a 192-bit bus (NVIDIA's specifications) = 360 GB/s",
         ),
         Tier(
             name="heavy",
@@ -106,6 +112,8 @@ TIERS: dict[str, Tier] = {
             latency_ms=4.0,
             input_size=(2560, 1440),
             output_size=(3840, 2160),
+            memory_gbps=716.8,
+            memory_source="RTX 4080: 22.4 Gbps GDDR6X on a 256-bit bus (NVIDIA's specifications) = 716.8 GB/s",
         ),
     )
 }
@@ -120,7 +128,7 @@ def get_tier(name: str) -> Tier:
 
 def format_table() -> str:
     header = (
-        "tier", "teacher", "student cap", "target hardware", "peak", "latency",
+        "tier", "teacher", "student cap", "target hardware", "peak", "memory", "latency",
         "input -> output", "ratio", "FLOPs/out px",
     )
     rows = [header]
@@ -131,6 +139,7 @@ def format_table() -> str:
             f"<= {t.student_param_cap / 1e6:g}M params",
             t.hardware,
             f"{t.peak_tflops:g} TFLOP/s {t.precision} ({t.reference_gpu})",
+            f"{t.memory_gbps:g} GB/s",
             f"< {t.latency_ms:g} ms",
             f"{t.input_size[0]}x{t.input_size[1]} -> {t.output_size[0]}x{t.output_size[1]}",
             f"{t.ratio:.3f}x",
@@ -143,6 +152,7 @@ def format_table() -> str:
     lines.append(
         f"FLOPs/out px = peak x efficiency ({ASSUMED_EFFICIENCY:.0%}) x latency / output pixels"
     )
+    lines += [f"memory {t.name}: {t.memory_source}" for t in TIERS.values()]
     return "\n".join(lines)
 
 

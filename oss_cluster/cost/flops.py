@@ -10,6 +10,10 @@
 - reductions (sum, mean, max, var, softmax, ...) and normalisations: per input element (softmax 3,
   layer norm 5);
 - data movement (views, slicing, cat, pad, copies): none.
+
+It also counts bytes: what each operation reads and writes when it runs on its own (views move nothing),
+the memory traffic of the graph as written; `step_costs` adds the step's compulsory traffic (its inputs
+read and outputs written once), which no implementation can avoid: the memory side of the roofline.
 """
 
 from __future__ import annotations
@@ -67,16 +71,46 @@ def op_flops(func, args, kwargs, out) -> float:
     return 0.0
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def op_bytes(func, args, kwargs, out) -> float:
+    """Bytes one dispatched operation moves when it runs on its own: every tensor it reads and every tensor it
+    writes, once each. Views (reshape, slicing, permute, expand: an output aliasing an input without writing it)
+    move nothing."""
+    returns = func._schema.returns
+    if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+        return 0.0
+    seen, total = set(), 0
+    for tensor in _tensors(list(args) + list(kwargs.values())) + _tensors(out):
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return float(total)
+
+
 class OpCounter(TorchDispatchMode):
-    """Counts the FLOPs of everything run inside it: `with OpCounter() as counter: ...; counter.total`."""
+    """Counts the FLOPs of everything run inside it, and the bytes each operation moves when run unfused:
+    `with OpCounter() as counter: ...; counter.total, counter.bytes`."""
 
     def __init__(self):
         super().__init__()
         self.by_op: Counter = Counter()
+        self.bytes_by_op: Counter = Counter()
 
     @property
     def total(self) -> float:
         return float(sum(self.by_op.values()))
+
+    @property
+    def bytes(self) -> float:
+        return float(sum(self.bytes_by_op.values()))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -84,6 +118,9 @@ class OpCounter(TorchDispatchMode):
         flops = op_flops(func, args, kwargs, out)
         if flops:
             self.by_op[str(func._overloadpacket)] += flops
+        moved = op_bytes(func, args, kwargs, out)
+        if moved:
+            self.bytes_by_op[str(func._overloadpacket)] += moved
         return out
 
 
@@ -98,14 +135,23 @@ def step_inputs(render_hw: tuple[int, int], output_hw: tuple[int, int]) -> tuple
             1 + torch.rand(1, 1, h, w, generator=generator), torch.rand(1, HISTORY_CHANNELS, H, W, generator=generator))
 
 
-def step_flops(model_name: str, render_hw: tuple[int, int], output_hw: tuple[int, int]) -> float:
-    """FLOPs of one recurrent step of an untrained model at these sizes, everything counted (OpCounter)."""
+def step_costs(model_name: str, render_hw: tuple[int, int], output_hw: tuple[int, int]) -> dict[str, float]:
+    """One recurrent step of an untrained model at these sizes: {"flops": everything counted (OpCounter),
+    "io_bytes": the step's inputs read and outputs written once (what any implementation must move, fp32),
+    "graph_bytes": what the graph as written moves, each operation reading its inputs and writing its outputs}."""
     from ..models import build_model
 
     model = build_model(model_name).eval()
+    inputs = step_inputs(render_hw, output_hw)
     with OpCounter() as counter, torch.no_grad():
-        model(*step_inputs(render_hw, output_hw))
-    return counter.total
+        outputs = model(*inputs)
+    io_bytes = sum(t.numel() * t.element_size() for t in _tensors(list(inputs)) + _tensors(outputs))
+    return {"flops": counter.total, "io_bytes": float(io_bytes), "graph_bytes": counter.bytes}
+
+
+def step_flops(model_name: str, render_hw: tuple[int, int], output_hw: tuple[int, int]) -> float:
+    """FLOPs of one recurrent step of an untrained model at these sizes, everything counted (OpCounter)."""
+    return step_costs(model_name, render_hw, output_hw)["flops"]
 
 
 def training_flops_per_window(model_name: str, crop: int, window: int, ratio: float, warmup: int = 0) -> float:

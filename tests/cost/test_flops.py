@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from oss_cluster.cost.flops import OpCounter, step_flops
+from oss_cluster.cost.flops import OpCounter, step_costs, step_flops
 
 
 def count(fn, *args):
@@ -50,11 +50,12 @@ def test_student_step_counts_more_than_its_convolutions():
     """The accumulation the students run at output resolution is counted, not only their convolutions."""
     total = step_flops("student_pico", (24, 32), (36, 48))
     assert total > 0
-    with OpCounter() as counter, torch.no_grad():
-        from oss_cluster.cost.flops import step_inputs
-        from oss_cluster.models import build_model
+    from oss_cluster.cost.flops import step_inputs
+    from oss_cluster.models import build_model
 
-        build_model("student_pico").eval()(*step_inputs((24, 32), (36, 48)))
+    model, inputs = build_model("student_pico").eval(), step_inputs((24, 32), (36, 48))
+    with OpCounter() as counter, torch.no_grad():  # the step only, not making its inputs
+        model(*inputs)
     assert counter.total == pytest.approx(total)
     assert counter.by_op["aten.grid_sampler_2d"] > 0 and counter.total > counter.by_op["aten.convolution"] * 1.2
 
@@ -67,3 +68,24 @@ def test_flops_command_prints_training_flops_with_the_warm_up():
     bad = subprocess.run([sys.executable, "-m", "oss_cluster.cost", "flops", "--warmup", "often"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--warmup 'often'" in bad.stderr
+
+
+def test_bytes_moved_count_reads_and_writes_and_views_move_nothing():
+    x = torch.rand(1, 8, 16, 16)
+    weight = torch.rand(8, 8, 3, 3)
+    with OpCounter() as counter:
+        x.view(1, 8, 256).permute(0, 2, 1)  # views: nothing moves
+    assert counter.bytes == 0
+    with OpCounter() as counter:
+        y = F.conv2d(x, weight, padding=1)  # reads x and the weights, writes y
+        torch.add(y, y)  # reads y once (the same tensor twice), writes the sum
+    assert counter.bytes == 4 * (x.numel() + weight.numel() + y.numel()) + 4 * 2 * y.numel()
+
+
+def test_step_costs_compulsory_bytes_are_the_step_inputs_and_outputs():
+    costs = step_costs("student_pico", (18, 32), (27, 48))
+    render, output = 18 * 32, 27 * 48
+    # lr 3 + depth 1 + motion 2 + previous depth 1 per render pixel, jitter 2, history 4 in and 4 out, colour 3 out
+    assert costs["io_bytes"] == 4 * (7 * render + 2 + (4 + 4 + 3) * output)
+    assert costs["graph_bytes"] > 10 * costs["io_bytes"]  # the graph as written moves far more than it must
+    assert costs["flops"] == step_flops("student_pico", (18, 32), (27, 48))
