@@ -1,6 +1,7 @@
 """Export a student run's newest checkpoint to ONNX (and TensorRT on a GPU), with a manifest.
 
     python jobs/export_student.py student-v0.1-pico-001
+    python jobs/export_student.py student-v0.1-pico-001 --quantize int8      # + a QDQ INT8 ONNX model, its cost measured
     python jobs/export_student.py student-v0.1-pico-001 --precision fp16 --precision int8   # on a GPU
     python jobs/export_student.py student-v0.1-pico-001 --storage s3://bucket/oss --endpoint-url http://127.0.0.1:9000
 
@@ -23,10 +24,16 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", action="append", choices=["fp16", "int8"],
                         help="TensorRT engine precision, repeatable (default fp16; only where a GPU and tensorrt are)")
     parser.add_argument("--parity-frames", type=int, default=4, help="held-out frames per sequence for the ONNX check")
+    parser.add_argument("--quantize", action="append", choices=["int8"], default=[],
+                        help="also write a QDQ INT8 ONNX model, calibrated on training-distribution frames, with its "
+                             "held-out PSNR/FLIP cost and speed in the manifest")
+    parser.add_argument("--max-psnr-drop", type=float, default=0.2,
+                        help="refuse a quantized model losing more steady-state PSNR than this, dB (default 0.2)")
     args = parser.parse_args(argv)
     try:
         storage = open_storage(args.storage, endpoint_url=args.endpoint_url)
-        export_student(storage, args.run, tuple(args.precision or ["fp16"]), args.parity_frames)
+        export_student(storage, args.run, tuple(args.precision or ["fp16"]), args.parity_frames,
+                       quantize=tuple(args.quantize), max_psnr_drop_db=args.max_psnr_drop)
     except (CheckpointError, FileNotFoundError, ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ Artefacts go to the run's storage under runs/<name>/exports/<tier>-x<ratio>/:
                           output [B,3,H,W] and history [B,4,H,W] (the stream's history: feed `history`
                           and this frame's depth back as `previous` and `previous_depth` with the next
                           frame; zeros start a stream)
+    student.int8.onnx     with quantize=("int8",): the QDQ INT8 model (quantize.py), when its PSNR cost is in bounds
     student.<p>.engine    TensorRT engine at precision p (fp16, int8), only on a GPU with tensorrt
     manifest.json         tier, ratio, input size, precision, source run and checkpoint, sha256 of each
                           file, the ONNX Runtime parity on real frames, why TensorRT was skipped
@@ -37,6 +38,7 @@ INPUT_NAMES = ["lr", "depth", "jitter", "motion", "previous_depth", "previous"]
 OUTPUT_NAMES = ["output", "history"]
 OPSET = 17
 PARITY_TOLERANCE = 1e-3
+MAX_PSNR_DROP_DB = 0.2  # the most steady-state PSNR a quantized export may lose against fp32
 MANIFEST = "manifest.json"
 
 
@@ -192,8 +194,13 @@ def _sha256(data: bytes) -> str:
 
 
 def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] = ("fp16",), parity_frames: int = 4,
-                   log=print) -> dict:
-    """Export the run's newest checkpoint; returns the manifest (also written next to the files)."""
+                   log=print, quantize: tuple[str, ...] = (), max_psnr_drop_db: float = MAX_PSNR_DROP_DB,
+                   calibration: list[dict] | None = None) -> dict:
+    """Export the run's newest checkpoint; returns the manifest (also written next to the files).
+
+    `quantize=("int8",)` adds a QDQ INT8 ONNX model calibrated on `calibration` windows (default: frames of the
+    training distribution, 2 sequences) and scored against fp32 on held-out sequences; nothing is written when
+    its steady-state PSNR drops by more than `max_psnr_drop_db`."""
     from .evaluate import heldout_sequences, window_tensors
 
     registry = RunRegistry(storage)
@@ -217,9 +224,14 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     if not error <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX parity failed: max abs error {error:.3e} > {PARITY_TOLERANCE:g}")
     prefix = export_prefix(run.prefix, cfg.tier, ratio)
+    quantized = _quantized(model, cfg, onnx, quantize, max_psnr_drop_db, calibration, log)  # before any write
     files = {"onnx": {"key": f"{prefix}/student.onnx", "sha256": _sha256(onnx), "bytes": len(onnx),
                       "precision": "fp32", "opset": OPSET}}
     storage.write_bytes(files["onnx"]["key"], onnx)
+    for precision, (data, cost) in quantized.items():
+        files[f"onnx_{precision}"] = {"key": f"{prefix}/student.{precision}.onnx", "sha256": _sha256(data),
+                                      "bytes": len(data), "precision": precision, "format": "QDQ", "opset": OPSET}
+        storage.write_bytes(files[f"onnx_{precision}"]["key"], data)
     skipped = tensorrt_unavailable()
     tensorrt = {"skipped": skipped} if skipped else {}
     if skipped:
@@ -239,6 +251,7 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
         "precision": "fp32" if skipped else ["fp32", *precisions],
         "source_run": str(run.name), "source_checkpoint": checkpoint, "source_step": _last_step(run.record),
         "files": files, "tensorrt": tensorrt,
+        "quantized": {precision: cost for precision, (_, cost) in quantized.items()},
         "parity": {"max_abs_error": error, "frames": len(steps), "tolerance": PARITY_TOLERANCE,
                    "frame_size": list(steps[0][0].shape[-2:])},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -247,6 +260,38 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     run.add_artefact(f"export_{cfg.tier}", f"{prefix}/{MANIFEST}")
     log(f"manifest: {storage.url(f'{prefix}/{MANIFEST}')}")
     return manifest
+
+
+def _quantized(model, cfg, onnx: bytes, quantize: tuple[str, ...], max_drop: float, calibration, log) -> dict:
+    """{precision: (model bytes, quality cost)} for each requested quantization that passes the PSNR bound."""
+    if not quantize:
+        return {}
+    unknown = set(quantize) - {"int8"}
+    if unknown:
+        raise ExportError(f"quantization {sorted(unknown)}: ONNX export quantizes to int8 (FP8 needs TensorRT on a GPU)")
+    from .data.synth import synth_windows
+    from .evaluate import heldout_sequences, window_tensors
+    from .quantize import _feeds, quality_cost, quantize_int8
+
+    data = cfg.data
+    if calibration is None:  # frames of the training distribution (training scene seeds), never the held-out ones
+        calibration = [window_tensors(w) for w in synth_windows(
+            2 * 16, data.ratio, tuple(data.out_size), 16, 16, data.seed, data.objects, data.gt_samples,
+            motion_scale=data.motion_scale, motion=data.motion)]
+    feeds = _feeds([step for window in calibration for step in frame_steps(model, window, data.ratio)])
+    held_out = [window_tensors(w) for w in heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames))]
+    int8 = quantize_int8(onnx, feeds)
+    cost = quality_cost(onnx, int8, held_out, data.ratio)
+    cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_drop, quantized_ops="Conv, MatMul, Gemm")
+    log(f"INT8 (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost['int8']['psnr_rgb']:.3f} dB vs fp32 "
+        f"{cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), FLIP {cost['flip_delta']:+.4f}, "
+        f"{cost['ms_per_step']['int8']:.2f} vs {cost['ms_per_step']['fp32']:.2f} ms per step on one ONNX Runtime "
+        f"thread ({cost['speedup']:.2f}x)")
+    if -cost["psnr_delta_db"] > max_drop:
+        raise ExportError(f"the INT8 model loses {-cost['psnr_delta_db']:.3f} dB of steady-state PSNR against fp32 "
+                          f"(bound {max_drop:g} dB): refused, nothing was written. Calibrate on frames like the ones it "
+                          "will see, or export without --quantize")
+    return {"int8": (int8, cost)}
 
 
 def _last_step(record: dict) -> int | None:

@@ -109,3 +109,35 @@ def test_export_errors_name_the_next_step(shipped, capsys):
     assert job.main(["student-v0.1-pico-077", "--storage", str(root)]) == 2
     err = capsys.readouterr().err
     assert "no run student-v0.1-pico-077" in err and str(student) in err
+
+
+def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing(shipped, tmp_path):
+    """--quantize int8: a QDQ INT8 ONNX model calibrated on training-distribution frames, its held-out steady-state
+    PSNR/FLIP against fp32 and its speed in the manifest, the file sha256-checked and runnable; an export whose
+    quantized model misses the PSNR bound is refused before anything is written."""
+    import shutil
+
+    import onnx
+    import onnxruntime
+
+    from oss_cluster.export import ExportError, export_student
+
+    root, _, student, _ = shipped
+    shutil.copytree(Path(root) / "runs" / str(student), tmp_path / "runs" / str(student))
+    storage = open_storage(str(tmp_path))
+    manifest = export_student(storage, str(student), quantize=("int8",), log=lambda line: None)
+    cost = manifest["quantized"]["int8"]
+    assert cost["int8"]["frames"] == cost["fp32"]["frames"] > 0 and cost["calibration_frames"] > 0
+    assert cost["psnr_delta_db"] == pytest.approx(cost["int8"]["psnr_rgb"] - cost["fp32"]["psnr_rgb"])
+    assert -cost["psnr_delta_db"] <= 0.2 and cost["ms_per_step"]["int8"] > 0
+    data = verified_bytes(storage, manifest["files"]["onnx_int8"])
+    graph = onnx.load_from_string(data)
+    assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # QDQ
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == INPUT_NAMES
+
+    before = {key: storage.size(key) for key in storage.list("")}
+    with pytest.raises(ExportError, match="refused, nothing was written"):
+        # A bound no quantized model can meet (it must gain a decibel): the gate, and that it writes nothing.
+        export_student(storage, str(student), quantize=("int8",), max_psnr_drop_db=-1.0, log=lambda line: None)
+    assert {key: storage.size(key) for key in storage.list("")} == before
