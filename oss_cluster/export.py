@@ -204,8 +204,9 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     from .evaluate import heldout_sequences, window_tensors
 
     registry = RunRegistry(storage)
-    if str(run_name) not in {str(name) for name in registry.names()}:
-        students = [str(n) for n in registry.names() if n.family == "student"]
+    names = registry.names()
+    if str(run_name) not in {str(name) for name in names}:
+        students = [str(n) for n in names if n.family == "student"]
         raise FileNotFoundError(f"no run {run_name} under {storage.url('runs')}; student runs there: "
                                 f"{', '.join(students) or 'none'} (all runs: python -m oss_cluster.dashboard serve "
                                 f"--runs {storage.uri})")
@@ -214,7 +215,7 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
         raise ExportError(f"run {run_name} trained {cfg.model.name!r}, and export ships students (student_<tier>). "
                           f"Distil a student from it first: python jobs/distill_student.py --tier {cfg.tier} "
                           f"--teacher-run {run_name} --set storage.root={storage.uri}, then export that student run")
-    run = RunRegistry(storage).open(run_name)
+    run = registry.open(run_name)
     ratio, tier = cfg.data.ratio, TIERS[cfg.tier]
     windows = [window_tensors(w) for w in heldout_sequences(cfg, frames=parity_frames)]
     steps = [step for window in windows for step in frame_steps(model, window, ratio)]
@@ -271,17 +272,16 @@ def _quantized(model, cfg, onnx: bytes, quantize: tuple[str, ...], max_drop: flo
         raise ExportError(f"quantization {sorted(unknown)}: ONNX export quantizes to int8 (FP8 needs TensorRT on a GPU)")
     from .data.synth import synth_windows
     from .evaluate import heldout_sequences, window_tensors
-    from .quantize import _feeds, quality_cost, quantize_int8
+    from .quantize import calibration_feeds, quality_cost, quantize_int8
 
     data = cfg.data
     if calibration is None:  # frames of the training distribution (training scene seeds), never the held-out ones
         calibration = [window_tensors(w) for w in synth_windows(
             2 * 16, data.ratio, tuple(data.out_size), 16, 16, data.seed, data.objects, data.gt_samples,
             motion_scale=data.motion_scale, motion=data.motion)]
-    feeds = _feeds([step for window in calibration for step in frame_steps(model, window, data.ratio)])
-    held_out = [window_tensors(w) for w in heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames))]
+    feeds = calibration_feeds([step for window in calibration for step in frame_steps(model, window, data.ratio)])
     int8 = quantize_int8(onnx, feeds)
-    cost = quality_cost(onnx, int8, held_out, data.ratio)
+    cost = quality_cost(onnx, int8, heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames)))
     cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_drop, quantized_ops="Conv, MatMul, Gemm")
     log(f"INT8 (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost['int8']['psnr_rgb']:.3f} dB vs fp32 "
         f"{cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), FLIP {cost['flip_delta']:+.4f}, "

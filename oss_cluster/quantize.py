@@ -1,13 +1,14 @@
 """INT8 static quantization of an exported student, with its measured quality cost.
 
-    int8 = quantize_int8(onnx, calibration_feeds)          # a QDQ ONNX model
-    cost = quality_cost(onnx, int8, windows)                # PSNR / FLIP of each, streamed, and the deltas
+    int8 = quantize_int8(onnx, calibration_feeds(steps))   # a QDQ ONNX model
+    cost = quality_cost(onnx, int8, sequences)              # PSNR / FLIP of each, streamed, and the deltas
 
 The network's convolutions and matrix products are quantized (per-channel int8 weights, uint8 activations,
 QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around them (resampling,
 history blending, whose weights reach 16) stays fp32: 8 bits cannot hold a history weight and its colour.
-Both models are then streamed through held-out sequences from the first frame, each fed its own history,
-and scored against the ground truth; export refuses an INT8 model whose PSNR drops by more than a bound.
+Both models are then scored by the evaluation's own code (evaluate.scoring.score with OnnxMethod: whole held-out
+sequences from the first frame, each fed its own history, steady state from frame 8, border crop 4); export
+refuses an INT8 model whose PSNR drops by more than a bound.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
-def _feeds(steps) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(steps) -> list[dict[str, np.ndarray]]:
     from .export import INPUT_NAMES
 
     return [{name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, step)} for step in steps]
@@ -55,54 +56,31 @@ def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> byte
         return target.read_bytes()
 
 
-def stream(onnx: bytes, windows: list[dict], ratio: float, threads: int = 1) -> tuple[list[np.ndarray], float]:
-    """Run a model over whole windows from the first frame, each step fed its own previous history and depth;
-    returns (outputs [3, H, W] per frame, median ms per step)."""
-    from .export import INPUT_NAMES
-    from .models.accumulate import HISTORY_CHANNELS
-    from .serving.backends import OnnxRuntimeBackend
-    from .tiers import scaled_size
+def quality_cost(fp32: bytes, quantized: bytes, sequences) -> dict:
+    """Both models streamed through held-out sequences (Windows) by the evaluation's own scoring (`score`, each
+    as an `OnnxMethod`, fed as the Serve endpoint feeds it): steady-state PSNR RGB and FLIP of each, the deltas
+    (quantized - fp32), and each one's median ms per step on one ONNX Runtime thread."""
+    from .evaluate.methods import OnnxMethod
+    from .evaluate.scoring import score
 
-    backend = OnnxRuntimeBackend(onnx, threads=threads)
-    outputs, times = [], []
-    for window in windows:
-        lr = window["lr"].numpy()
-        h, w = lr.shape[-2:]
-        H, W = scaled_size(h, w, ratio)
-        history = np.zeros((1, HISTORY_CHANNELS, H, W), np.float32)
-        previous_depth = np.zeros((1, 1, h, w), np.float32)
-        for k in range(lr.shape[0]):
-            feed = {"lr": lr[k : k + 1], "depth": window["depth"][k : k + 1].numpy(),
-                    "jitter": window["jitter"][k : k + 1].numpy(), "motion": window["motion"][k : k + 1].numpy(),
-                    "previous_depth": previous_depth, "previous": history}
+    class Timed(OnnxMethod):
+        def __init__(self, onnx: bytes):
+            super().__init__(onnx, threads=1)
+            self.ms: list[float] = []
+
+        def step(self, frame, state, out_size):
             started = time.perf_counter()
-            output, history = backend.run({name: feed[name] for name in INPUT_NAMES})
-            times.append((time.perf_counter() - started) * 1e3)
-            previous_depth = feed["depth"]
-            outputs.append(output[0])
-    return outputs, statistics.median(times)
+            result = super().step(frame, state, out_size)
+            self.ms.append((time.perf_counter() - started) * 1e3)
+            return result
 
-
-def quality_cost(fp32: bytes, quantized: bytes, windows: list[dict], ratio: float, steady_from: int = 8) -> dict:
-    """PSNR RGB and FLIP of both models on the windows' steady-state frames (index >= steady_from), their
-    deltas (quantized - fp32), and each one's median step time on one ONNX Runtime thread."""
-    import torch
-
-    from .metrics import flip, psnr
-
-    scores, speed = {}, {}
-    for label, model in (("fp32", fp32), ("int8", quantized)):
-        outputs, speed[label] = stream(model, windows, ratio)
-        frames, k = [], 0
-        for window in windows:
-            for index in range(window["gt"].shape[0]):
-                if index >= steady_from:
-                    frames.append((torch.from_numpy(outputs[k])[None], window["gt"][index : index + 1]))
-                k += 1
-        if not frames:
-            raise ValueError(f"no steady-state frames (windows shorter than {steady_from + 1} frames)")
-        scores[label] = {"psnr_rgb": float(np.mean([psnr(o, g) for o, g in frames])),
-                         "flip": float(np.mean([flip(o, g) for o, g in frames])), "frames": len(frames)}
+    methods = {"fp32": Timed(fp32), "int8": Timed(quantized)}
+    summary, _ = score(methods, sequences)
+    if not summary["steady_frames"]:
+        raise ValueError(f"no steady-state frames (sequences shorter than {summary['steady_from'] + 1} frames)")
+    scores = {label: {"psnr_rgb": summary[label]["psnr_rgb"], "flip": summary[label]["flip"],
+                      "frames": summary["steady_frames"]} for label in methods}
+    speed = {label: statistics.median(method.ms) for label, method in methods.items()}
     return {**scores, "psnr_delta_db": scores["int8"]["psnr_rgb"] - scores["fp32"]["psnr_rgb"],
-            "flip_delta": scores["int8"]["flip"] - scores["fp32"]["flip"],
+            "flip_delta": scores["int8"]["flip"] - scores["fp32"]["flip"], "border_crop": summary["border_crop"],
             "ms_per_step": speed, "speedup": speed["fp32"] / speed["int8"]}

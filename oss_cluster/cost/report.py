@@ -13,13 +13,16 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def run_actuals(storage: Storage, catalog: dict, cluster: dict, now: datetime | None = None) -> list[dict]:
-    """One row per run: hours (end or now - start), node types, USD/hour and USD spent."""
+def run_actuals(storage: Storage, catalog: dict, cluster: dict, now: datetime | None = None,
+                records: dict[str, dict] | None = None) -> list[dict]:
+    """One row per run: hours (end or now - start), node types, USD/hour and USD spent. `records` ({name:
+    metrics.json record}, in name order) are the registry's records when the caller has read them already."""
     now = now or datetime.now(timezone.utc)
-    registry = RunRegistry(storage)
+    if records is None:
+        registry = RunRegistry(storage)
+        records = {str(name): registry.open(name).record for name in registry.names()}
     rows = []
-    for name in registry.names():
-        record = registry.open(name).record
+    for name, record in records.items():
         started = _time(record.get("started_at"))
         if started is None:
             continue  # allocated, never started

@@ -12,7 +12,6 @@ request: `Authorization: Bearer <token>`, or open `/?token=<token>` once in a br
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import socket
 import sys
@@ -21,18 +20,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..access import is_loopback
 from ..storage import StorageError, open_storage
 from .collect import STALE_AFTER_S, DashboardError
-from .site import COOKIE, LOOPBACK, TOKEN_ENV, Site, build, byte_range, content_type
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from .site import COOKIE, TOKEN_ENV, Site, build, byte_range, content_type
 
 
 def make_handler(site: Site):
@@ -59,11 +50,10 @@ def make_handler(site: Site):
 
         def do_GET(self):  # noqa: N802
             path, _, query = self.path.partition("?")
-            allowed, set_cookie = site.authorize(self.headers.get("Authorization"), self.headers.get("Cookie"), query)
-            if not allowed:
-                self._send_text(401, "401 unauthorized: this dashboard needs its bearer token (Authorization: "
-                                     "Bearer <token>, or open /?token=<token> once)\n",
-                                {"WWW-Authenticate": 'Bearer realm="oss-dashboard"'})
+            refusal, set_cookie = site.authorize(self.headers.get("Authorization"), self.headers.get("Cookie"), query,
+                                                 self.client_address[0])
+            if refusal:
+                self._send_text(401, f"401 unauthorized: {refusal}\n", {"WWW-Authenticate": 'Bearer realm="oss-dashboard"'})
                 return
             if set_cookie:  # the token leaves the address bar and lives in a cookie for this site
                 self.send_response(HTTPStatus.SEE_OTHER)

@@ -299,7 +299,7 @@ def _tiers(summaries: list[dict], latency: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _cost(storage: Storage) -> dict:
+def _cost(storage: Storage, records: dict[str, dict]) -> dict:
     """The current estimate and actuals, as `python -m oss_cluster.cost` prints them, and the memo."""
     from ..cost.__main__ import DEFAULT_PLAN, _runs_reader
     from ..cost.catalog import CATALOG, CLUSTER, CostError, load_catalog, load_node_types
@@ -310,9 +310,13 @@ def _cost(storage: Storage) -> dict:
     try:
         catalog, cluster = load_catalog(CATALOG), load_node_types(CLUSTER)
         plan = load_plan(DEFAULT_PLAN, cluster, catalog)
-        runs = _runs_reader(storage)
+        registry_reader = _runs_reader(storage)
+
+        def runs(name: str) -> dict:  # the records already read; the registry for any other name the plan lists
+            return records[name] if name in records else registry_reader(name)
+
         result = estimate(plan, cluster, catalog, runs)
-        actuals = run_actuals(storage, catalog, cluster)
+        actuals = run_actuals(storage, catalog, cluster, records=records)
         source = CATALOG.with_suffix(".source.yaml")
         return {
             "plan": str(DEFAULT_PLAN.relative_to(DEFAULT_PLAN.parents[1])), "bottom_line": bottom_line(result),
@@ -349,18 +353,22 @@ def collect(storage: Storage, media: Media, now: datetime | None = None,
             except RunNameError:
                 continue
     names.sort()
-    cost = _cost(storage)
-    records, summaries, details = {}, [], {}
+    records, unreadable = {}, {}
+    for name in names:  # each record read once: the summaries, spend and claims all use these
+        try:
+            records[str(name)] = storage.read_json(f"{RUNS_PREFIX}/{name}/metrics.json")
+        except (ValueError, StorageError, FileNotFoundError) as err:
+            unreadable[str(name)] = err
+    cost = _cost(storage, records)
+    summaries, details = [], {}
     previous = _supersedes(names)
     for name in names:
-        try:
-            record = storage.read_json(f"{RUNS_PREFIX}/{name}/metrics.json")
-        except (ValueError, StorageError, FileNotFoundError) as err:
+        if str(name) in unreadable:
             summaries.append({"name": str(name), "family": name.family, "version": f"{name.major}.{name.minor}",
                               "tier": name.tier, "number": name.number, "status": "unreadable",
-                              "status_detail": f"metrics.json cannot be read: {err}", "metrics": {}})
+                              "status_detail": f"metrics.json cannot be read: {unreadable[str(name)]}", "metrics": {}})
             continue
-        records[str(name)] = record
+        record = records[str(name)]
         summary = run_summary(record, now, cost["spend"].get(str(name), {}), stale_after_s)
         summary["supersedes"] = previous.get(str(name))
         summaries.append(summary)

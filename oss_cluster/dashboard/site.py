@@ -11,7 +11,6 @@ route: both ask `authorize` and `resolve` for every request, so the token rule i
 
 from __future__ import annotations
 
-import hmac
 import json
 import shutil
 import threading
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from ..access import bearer_token, is_loopback, token_matches
 from ..storage import Storage
 from .collect import STALE_AFTER_S, DashboardError, Media, collect
 
@@ -27,7 +27,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 MARKER = ".oss-dashboard"  # a folder holding this was built here: a rebuild may replace what it wrote
 TOKEN_ENV = "OSS_DASHBOARD_TOKEN"
 COOKIE = "oss_dashboard_token"
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".json": "application/json", ".png": "image/png",
                  ".mp4": "video/mp4", ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml"}
@@ -127,14 +126,15 @@ class Site:
     def stop(self) -> None:
         self._stop.set()
 
-    def authorize(self, header: str | None, cookie: str | None, query: str | None) -> tuple[bool, bool]:
-        """(allowed, set_cookie): the bearer token in the Authorization header, the cookie, or `?token=` (which
-        then becomes the cookie, so a browser needs it once). Without a configured token everything passes."""
+    def authorize(self, header: str | None, cookie: str | None, query: str | None,
+                  client: str | None) -> tuple[str | None, bool]:
+        """(refusal, set_cookie): None when the request may proceed, else why not. Without a configured token only
+        this machine is answered; with one, the bearer token in the Authorization header, the cookie, or `?token=`
+        (which then becomes the cookie, so a browser needs it once) must match it."""
         if self.token is None:
-            return True, False
-        given = None
-        if header and header.lower().startswith("bearer "):
-            given = header[7:].strip()
+            return (None if is_loopback(client) else
+                    "the dashboard answers other machines only with a bearer token: set one where it is served"), False
+        given = bearer_token(header)
         if given is None and cookie:
             for part in cookie.split(";"):
                 name, _, value = part.strip().partition("=")
@@ -144,8 +144,9 @@ class Site:
         if given is None and query:
             values = parse_qs(query).get("token")
             given, from_query = (values[0], True) if values else (None, False)
-        allowed = given is not None and hmac.compare_digest(given.encode(), self.token.encode())
-        return allowed, allowed and from_query
+        if not token_matches(given, [self.token]):
+            return "this dashboard needs its bearer token (Authorization: Bearer <token>, or open ?token=<token> once)", False
+        return None, from_query
 
     def resolve(self, path: str) -> Path | None:
         """The file under the site folder a URL path names (index.html for the root); None outside it."""

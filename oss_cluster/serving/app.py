@@ -24,7 +24,6 @@ there.
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from ray import serve
 
+from ..access import bearer_token, is_loopback, token_matches
 from ..cluster import tier_pinning
 from ..config import ConfigError, Section, StorageConfig, TierName
 from ..models.accumulate import HISTORY_CHANNELS
@@ -198,7 +198,6 @@ class Upscaler:
 
 api = FastAPI(title="OpenSuperSampling upscaling endpoint")
 logger = logging.getLogger("ray.serve")
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 REPLY_TYPES = ("image/png", "application/octet-stream")
 
 
@@ -214,7 +213,6 @@ class Gateway:
         self.cfg = ServeAppConfig.model_validate(app_cfg)
         self.dashboard = None
         if self.cfg.dashboard.enabled:
-            import os
             import tempfile
             from pathlib import Path
 
@@ -236,15 +234,11 @@ class Gateway:
         if self.dashboard is None:
             return _error(404, "the dashboard is off in this app (serve app args: dashboard.enabled: true)")
         site = self.dashboard
-        allowed, set_cookie = site.authorize(request.headers.get("Authorization"), request.headers.get("Cookie"),
-                                             request.url.query)
-        client = request.client.host if request.client else ""
-        if site.token is None and client not in LOOPBACK:
-            return _error(401, f"the dashboard answers other machines only with a bearer token: set "
-                               f"{self.cfg.dashboard.token_env} on the Serve nodes")
-        if not allowed:
-            return JSONResponse({"error": "401 unauthorized: the dashboard needs its bearer token (Authorization: "
-                                          "Bearer <token>, or open /dashboard/?token=<token> once)"},
+        refusal, set_cookie = site.authorize(request.headers.get("Authorization"), request.headers.get("Cookie"),
+                                             request.url.query, request.client.host if request.client else None)
+        if refusal:
+            return JSONResponse({"error": f"401 unauthorized: {refusal} (the Serve nodes' "
+                                          f"${self.cfg.dashboard.token_env})"},
                                 status_code=401, headers={"WWW-Authenticate": 'Bearer realm="oss-dashboard"'})
         if set_cookie:
             response = RedirectResponse(f"/dashboard/{path}", status_code=303)
@@ -281,15 +275,13 @@ class Gateway:
         """Who is calling, for scoping sessions: a digest of the bearer token (empty without one). Raises 401
         when the app has an API token and the request lacks it, or has none and the client is not on this machine."""
         tokens = self._tokens()
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else None
+        given = bearer_token(request.headers.get("Authorization"))
         if not tokens:
-            client = request.client.host if request.client else ""
-            if client not in LOOPBACK:
+            if not is_loopback(request.client.host if request.client else None):
                 raise RequestError(401, f"this endpoint answers other machines only with an API token: set "
                                         f"{self.cfg.api_token_env} on the Serve nodes and send Authorization: Bearer")
             return ""
-        if given is None or not any(hmac.compare_digest(given.encode(), token.encode()) for token in tokens):
+        if not token_matches(given, tokens):
             raise RequestError(401, "missing or wrong API token: send Authorization: Bearer <token>")
         return hashlib.sha256(given.encode()).hexdigest()[:16]
 

@@ -90,9 +90,9 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
     if url:
         body = encode_png(to_uint8(lr[0]))
         http = []
+        # An endpoint reached from another machine needs the API token (OSS_SERVE_TOKEN, as on the Serve nodes).
+        token = os.environ.get("OSS_SERVE_TOKEN")
         for index in range(warmup + frames):
-            # An endpoint reached from another machine needs the API token (OSS_SERVE_TOKEN, as on the Serve nodes).
-            token = os.environ.get("OSS_SERVE_TOKEN")
             request = urllib.request.Request(f"{url}/v1/upscale?tier={tier_name}", data=body, method="POST",
                                              headers={"Content-Type": "image/png", "X-Session-Id": "latency",
                                                       **({"Authorization": f"Bearer {token}"} if token else {})})

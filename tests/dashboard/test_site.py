@@ -1,7 +1,6 @@
 """The dashboard's data, site folder and server, without a browser: run states (lost runs included), strips cut
 into panels from local and S3 storage, the waiting and error states, and the token rule over real HTTP."""
 
-import io
 import json
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from PIL import Image
 
 from oss_cluster.dashboard.__main__ import DualStackServer, main, make_handler
