@@ -29,11 +29,15 @@ def main(argv=None) -> int:
                              "held-out PSNR/FLIP cost and speed in the manifest")
     parser.add_argument("--max-psnr-drop", type=float, default=0.2,
                         help="refuse a quantized model losing more steady-state PSNR than this, dB (default 0.2)")
+    parser.add_argument("--min-fidelity", type=float, default=48.13,
+                        help="refuse a quantized model whose output's PSNR against the fp32 output is under this, dB "
+                             "(default 48.13: an RMS difference of one 8-bit level)")
     args = parser.parse_args(argv)
     try:
         storage = open_storage(args.storage, endpoint_url=args.endpoint_url)
         export_student(storage, args.run, tuple(args.precision or ["fp16"]), args.parity_frames,
-                       quantize=tuple(args.quantize), max_psnr_drop_db=args.max_psnr_drop)
+                       quantize=tuple(args.quantize), max_psnr_drop_db=args.max_psnr_drop,
+                       min_fidelity_db=args.min_fidelity)
     except (CheckpointError, FileNotFoundError, ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

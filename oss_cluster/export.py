@@ -39,6 +39,9 @@ OUTPUT_NAMES = ["output", "history"]
 OPSET = 17
 PARITY_TOLERANCE = 1e-3
 MAX_PSNR_DROP_DB = 0.2  # the most steady-state PSNR a quantized export may lose against fp32
+# The least fidelity (PSNR of the quantized output against the fp32 output) a quantized export may have:
+# 20 log10(255), an RMS difference of one 8-bit code value.
+MIN_FIDELITY_DB = 48.13
 MANIFEST = "manifest.json"
 
 
@@ -195,12 +198,13 @@ def _sha256(data: bytes) -> str:
 
 def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] = ("fp16",), parity_frames: int = 4,
                    log=print, quantize: tuple[str, ...] = (), max_psnr_drop_db: float = MAX_PSNR_DROP_DB,
-                   calibration: list[dict] | None = None) -> dict:
+                   calibration: list[dict] | None = None, min_fidelity_db: float = MIN_FIDELITY_DB) -> dict:
     """Export the run's newest checkpoint; returns the manifest (also written next to the files).
 
     `quantize=("int8",)` adds a QDQ INT8 ONNX model calibrated on `calibration` windows (default: frames of the
     training distribution, 2 sequences) and scored against fp32 on held-out sequences; nothing is written when
-    its steady-state PSNR drops by more than `max_psnr_drop_db`."""
+    its steady-state PSNR drops by more than `max_psnr_drop_db` or its output's PSNR against the fp32 output is
+    under `min_fidelity_db` (see `quantize_gated`)."""
     from .evaluate import heldout_sequences, window_tensors
 
     registry = RunRegistry(storage)
@@ -225,7 +229,11 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     if not error <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX parity failed: max abs error {error:.3e} > {PARITY_TOLERANCE:g}")
     prefix = export_prefix(run.prefix, cfg.tier, ratio)
-    quantized = _quantized(model, cfg, onnx, quantize, max_psnr_drop_db, calibration, log)  # before any write
+    unknown = set(quantize) - {"int8"}
+    if unknown:
+        raise ExportError(f"quantization {sorted(unknown)}: ONNX export quantizes to int8 (FP8 needs TensorRT on a GPU)")
+    quantized = {"int8": quantize_gated(model, cfg, onnx, calibration, max_psnr_drop_db, min_fidelity_db, log)
+                 } if quantize else {}  # before any write
     files = {"onnx": {"key": f"{prefix}/student.onnx", "sha256": _sha256(onnx), "bytes": len(onnx),
                       "precision": "fp32", "opset": OPSET}}
     storage.write_bytes(files["onnx"]["key"], onnx)
@@ -263,35 +271,46 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     return manifest
 
 
-def _quantized(model, cfg, onnx: bytes, quantize: tuple[str, ...], max_drop: float, calibration, log) -> dict:
-    """{precision: (model bytes, quality cost)} for each requested quantization that passes the PSNR bound."""
-    if not quantize:
-        return {}
-    unknown = set(quantize) - {"int8"}
-    if unknown:
-        raise ExportError(f"quantization {sorted(unknown)}: ONNX export quantizes to int8 (FP8 needs TensorRT on a GPU)")
+def calibration_windows(cfg, sequences: int = 2, frames: int = 16) -> list[dict]:
+    """Window tensors of the training distribution (its scene seeds, never the held-out ones) to calibrate on."""
     from .data.synth import synth_windows
-    from .evaluate import heldout_sequences, window_tensors
-    from .quantize import calibration_feeds, quality_cost, quantize_int8
+    from .evaluate import window_tensors
 
     data = cfg.data
-    if calibration is None:  # frames of the training distribution (training scene seeds), never the held-out ones
-        calibration = [window_tensors(w) for w in synth_windows(
-            2 * 16, data.ratio, tuple(data.out_size), 16, 16, data.seed, data.objects, data.gt_samples,
-            motion_scale=data.motion_scale, motion=data.motion)]
-    feeds = calibration_feeds([step for window in calibration for step in frame_steps(model, window, data.ratio)])
+    return [window_tensors(w) for w in synth_windows(
+        sequences * frames, data.ratio, tuple(data.out_size), frames, frames, data.seed, data.objects,
+        data.gt_samples, motion_scale=data.motion_scale, motion=data.motion)]
+
+
+def quantize_gated(model, cfg, onnx: bytes, calibration: list[dict] | None = None,
+                   max_psnr_drop_db: float = MAX_PSNR_DROP_DB, min_fidelity_db: float = MIN_FIDELITY_DB,
+                   log=print) -> tuple[bytes, dict]:
+    """(QDQ INT8 model bytes, its measured cost: quantize.quality_cost) of the fp32 export `onnx` of `model`,
+    calibrated on `calibration` windows (default: frames of the training distribution, 2 sequences, never the
+    held-out ones) and scored on held-out sequences. Raises ExportError when its steady-state PSNR drops by more
+    than `max_psnr_drop_db` or its fidelity to the fp32 output is under `min_fidelity_db`."""
+    from .evaluate import heldout_sequences
+    from .quantize import calibration_feeds, quality_cost, quantize_int8
+
+    calibration = calibration_windows(cfg) if calibration is None else calibration
+    feeds = calibration_feeds([step for window in calibration for step in frame_steps(model, window, cfg.data.ratio)])
     int8 = quantize_int8(onnx, feeds)
     cost = quality_cost(onnx, int8, heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames)))
-    cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_drop, quantized_ops="Conv, MatMul, Gemm")
+    cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_psnr_drop_db, min_fidelity_db=min_fidelity_db,
+                quantized_ops="Conv, MatMul, Gemm")
     log(f"INT8 (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost['int8']['psnr_rgb']:.3f} dB vs fp32 "
         f"{cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), FLIP {cost['flip_delta']:+.4f}, "
-        f"{cost['ms_per_step']['int8']:.2f} vs {cost['ms_per_step']['fp32']:.2f} ms per step on one ONNX Runtime "
-        f"thread ({cost['speedup']:.2f}x)")
-    if -cost["psnr_delta_db"] > max_drop:
+        f"fidelity to fp32 {cost['fidelity_db']:.1f} dB, {cost['ms_per_step']['int8']:.2f} vs "
+        f"{cost['ms_per_step']['fp32']:.2f} ms per step on one ONNX Runtime thread ({cost['speedup']:.2f}x)")
+    advice = "Calibrate on frames like the ones it will see, or export without --quantize"
+    if -cost["psnr_delta_db"] > max_psnr_drop_db:
         raise ExportError(f"the INT8 model loses {-cost['psnr_delta_db']:.3f} dB of steady-state PSNR against fp32 "
-                          f"(bound {max_drop:g} dB): refused, nothing was written. Calibrate on frames like the ones it "
-                          "will see, or export without --quantize")
-    return {"int8": (int8, cost)}
+                          f"(bound {max_psnr_drop_db:g} dB): refused, nothing was written. {advice}")
+    if cost["fidelity_db"] < min_fidelity_db:
+        raise ExportError(f"the INT8 model's output strays from the fp32 model's: fidelity {cost['fidelity_db']:.1f} "
+                          f"dB < {min_fidelity_db:g} dB (steady-state PSNR {cost['psnr_delta_db']:+.3f} dB against "
+                          f"fp32's, so it is not the model that was validated): refused, nothing was written. {advice}")
+    return int8, cost
 
 
 def _last_step(record: dict) -> int | None:

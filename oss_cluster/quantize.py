@@ -7,8 +7,11 @@ The network's convolutions and matrix products are quantized (per-channel int8 w
 QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around them (resampling,
 history blending, whose weights reach 16) stays fp32: 8 bits cannot hold a history weight and its colour.
 Both models are then scored by the evaluation's own code (evaluate.scoring.score with OnnxMethod: whole held-out
-sequences from the first frame, each fed its own history, steady state from frame 8, border crop 4); export
-refuses an INT8 model whose PSNR drops by more than a bound.
+sequences from the first frame, each fed its own history, steady state from frame 8, border crop 4). Export refuses
+an INT8 model whose PSNR against the ground truth drops by more than a bound, or whose output strays from the fp32
+model's (its fidelity: PSNR of the INT8 output against the fp32 output, steady state) below a floor: a short-trained
+student can score *higher* once a bad calibration has flattened its network back towards plain accumulation, and
+that is still not the model that was validated.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> byte
 def quality_cost(fp32: bytes, quantized: bytes, sequences) -> dict:
     """Both models streamed through held-out sequences (Windows) by the evaluation's own scoring (`score`, each
     as an `OnnxMethod`, fed as the Serve endpoint feeds it): steady-state PSNR RGB and FLIP of each, the deltas
-    (quantized - fp32), and each one's median ms per step on one ONNX Runtime thread."""
+    (quantized - fp32), the fidelity (dB: mean steady-state PSNR of the quantized output against the fp32 output,
+    each on its own history) and each one's median ms per step on one ONNX Runtime thread."""
     from .evaluate.methods import OnnxMethod
-    from .evaluate.scoring import score
+    from .evaluate.scoring import EVAL_BORDER, STEADY_FROM, score
+    from .metrics import psnr
 
     class Timed(OnnxMethod):
         def __init__(self, onnx: bytes):
@@ -74,13 +79,20 @@ def quality_cost(fp32: bytes, quantized: bytes, sequences) -> dict:
             self.ms.append((time.perf_counter() - started) * 1e3)
             return result
 
+    fidelity: list[float] = []
+
+    def compare(index, k, outputs, gt):
+        if k >= STEADY_FROM:
+            fidelity.append(psnr(outputs["int8"], outputs["fp32"], EVAL_BORDER))
+
     methods = {"fp32": Timed(fp32), "int8": Timed(quantized)}
-    summary, _ = score(methods, sequences)
+    summary, _ = score(methods, sequences, on_frame=compare)
     if not summary["steady_frames"]:
         raise ValueError(f"no steady-state frames (sequences shorter than {summary['steady_from'] + 1} frames)")
     scores = {label: {"psnr_rgb": summary[label]["psnr_rgb"], "flip": summary[label]["flip"],
                       "frames": summary["steady_frames"]} for label in methods}
     speed = {label: statistics.median(method.ms) for label, method in methods.items()}
     return {**scores, "psnr_delta_db": scores["int8"]["psnr_rgb"] - scores["fp32"]["psnr_rgb"],
-            "flip_delta": scores["int8"]["flip"] - scores["fp32"]["flip"], "border_crop": summary["border_crop"],
+            "flip_delta": scores["int8"]["flip"] - scores["fp32"]["flip"], "fidelity_db": statistics.mean(fidelity),
+            "border_crop": summary["border_crop"],
             "ms_per_step": speed, "speedup": speed["fp32"] / speed["int8"]}

@@ -130,6 +130,7 @@ def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing
     assert cost["int8"]["frames"] == cost["fp32"]["frames"] > 0 and cost["calibration_frames"] > 0
     assert cost["psnr_delta_db"] == pytest.approx(cost["int8"]["psnr_rgb"] - cost["fp32"]["psnr_rgb"])
     assert -cost["psnr_delta_db"] <= 0.2 and cost["ms_per_step"]["int8"] > 0
+    assert cost["fidelity_db"] >= cost["min_fidelity_db"] == 48.13
     data = verified_bytes(storage, manifest["files"]["onnx_int8"])
     graph = onnx.load_from_string(data)
     assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # QDQ
