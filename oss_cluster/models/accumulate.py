@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .temporal import derive_disocclusion, jitter_resample, subpixel_offset, upsample_motion, warp_previous
+from .temporal import (derive_disocclusion, jitter_resample, nearest_taps, subpixel_axes, upsample_motion,
+                       warp_previous)
 
 HISTORY_CHANNELS = 4  # the history buffer: RGB of the last output + its accumulated sample weight
 
@@ -55,17 +56,16 @@ def lerp_by_speed(still: float, moving: float, speed: torch.Tensor, full_speed: 
 def neighbourhood(lr: torch.Tensor, jitter: torch.Tensor, out_size: tuple[int, int]):
     """The 3x3 jittered samples around every output pixel and their squared distances to its centre.
 
-    lr [B, C, h, w], jitter [B, 2] -> (samples [B, C, 9, H, W], distance^2 [B, 9, H, W] in render
-    pixels^2). Built from shifted copies (pad + slice), which every exporter handles.
+    lr [B, C, h, w], jitter [B, 2] -> (samples [B, C, 3, 3, H, W], distance^2 [B, 3, 3, H, W] in render
+    pixels^2), the 3s being the column (dx) and row (dy) offsets -1, 0, 1: gathered by column and row
+    (`nearest_taps`), the distances from the per-column and per-row offsets, which are separable.
     """
-    b, c, h, w = lr.shape
-    padded = F.pad(lr, (1, 1, 1, 1), mode="replicate")
-    taps = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    shifted = torch.cat([padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dx, dy in taps], 1)
-    samples = jitter_resample(shifted, jitter, out_size, mode="nearest").view(b, 9, c, *out_size).transpose(1, 2)
-    offset = subpixel_offset(jitter, (h, w), out_size)  # output centre minus nearest sample, render px
-    dist2 = torch.cat([(offset[:, :1] - dx) ** 2 + (offset[:, 1:] - dy) ** 2 for dx, dy in taps], dim=1)
-    return samples, dist2
+    h, w = lr.shape[-2:]
+    taps = torch.arange(-1, 2, device=lr.device, dtype=torch.float32)
+    dx, dy = subpixel_axes(jitter, (h, w), out_size)  # output centre minus nearest sample, render px
+    dist2 = (dx[:, None, None, None, :] - taps.view(1, 3, 1, 1, 1)) ** 2 + \
+        (dy[:, None, None, :, None] - taps.view(1, 1, 3, 1, 1)) ** 2
+    return nearest_taps(lr, jitter, out_size), dist2
 
 
 def colour_box(lr: torch.Tensor, jitter: torch.Tensor, out_size: tuple[int, int]):
@@ -113,9 +113,9 @@ class Accumulator:
         speed = torch.sqrt(flow[:, :1] ** 2 + flow[:, 1:] ** 2)
         samples, dist2 = neighbourhood(lr, jitter, out_size)
         sigma = lerp_by_speed(self.sigma_still, self.sigma, speed, self.full_speed) * h / out_size[0]  # render px
-        weights = torch.exp(-dist2 / (2 * sigma**2))  # [B, 9, H, W]
-        sample = (samples * weights[:, None]).sum(2) / weights.sum(1, keepdim=True)
-        confidence = weights.max(dim=1, keepdim=True).values
+        weights = torch.exp(-dist2 / (2 * sigma[:, :, None] ** 2))  # [B, 3, 3, H, W]
+        sample = (samples * weights[:, None]).sum((2, 3)) / weights.sum((1, 2))[:, None]
+        confidence = weights.amax((1, 2))[:, None]
         mean, spread = colour_box(lr, jitter, out_size)
         gamma = lerp_by_speed(self.gamma_still, self.gamma, speed, self.full_speed)
         low, high = mean - gamma * spread, mean + gamma * spread

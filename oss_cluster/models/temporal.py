@@ -30,21 +30,94 @@ def _output_grid(batch: int, out_size: tuple[int, int], device) -> torch.Tensor:
 TIE_EPS = 1.0 / 128
 
 
+def _source_positions(length_in: int, length_out: int, shift: torch.Tensor) -> torch.Tensor:
+    """[B, length_out]: where each output pixel centre falls on one axis of the source, in sample indices
+    (sample i at i), for a source whose samples are shifted by `shift` [B] of its pixels."""
+    centres = (torch.arange(length_out, device=shift.device, dtype=torch.float32) + 0.5) * length_in / length_out
+    return centres[None, :] - 0.5 - shift[:, None]
+
+
+def _axis_taps(positions: torch.Tensor, length: int, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(source indices [B, K, L] clamped into the axis, weights [B, K, L] or None for nearest) of grid_sample's
+    1-D kernel with border padding at `positions` [B, L]: nearest 1 tap, bilinear 2, bicubic 4 (A = -0.75)."""
+    if mode == "bicubic":  # the taps are clamped, not the position (as grid_sample does)
+        first = torch.floor(positions)
+        t = positions - first
+        a = -0.75
+        near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # noqa: E731  |d| <= 1
+        far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # noqa: E731  1 < |d| < 2
+        weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=1)
+        offsets = torch.arange(-1, 3, device=positions.device, dtype=torch.float32).view(1, 4, 1)
+    else:
+        positions = positions.clamp(0, length - 1)
+        if mode == "nearest":
+            return torch.floor(positions + 0.5).long()[:, None], None
+        first = torch.floor(positions)
+        t = positions - first
+        weights = torch.stack([1 - t, t], dim=1)
+        offsets = torch.arange(0, 2, device=positions.device, dtype=torch.float32).view(1, 2, 1)
+    return (first[:, None] + offsets).clamp(0, length - 1).long(), weights
+
+
+def gather_rows(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """image [B, C, h, w], index [B, K, H] (row numbers, per image) -> [B, C, K, H, w]: one Gather of whole rows
+    over the flattened images (block copies; ONNX Runtime gathers along the last axis element by element, so
+    columns are gathered as the rows of a transposed image)."""
+    b, c, h, w = image.shape
+    k, rows = index.shape[1], index.shape[2]
+    first_row = torch.arange(b * c, device=image.device).view(b, c, 1, 1) * h
+    flat = (first_row + index[:, None]).reshape(-1)
+    return image.reshape(b * c * h, w).index_select(0, flat).view(b, c, k, rows, w)
+
+
+def resample_separable(image: torch.Tensor, out_size: tuple[int, int], shift: torch.Tensor,
+                       mode: str = "bilinear") -> torch.Tensor:
+    """grid_sample (border padding, align_corners=False) of `image` [B, C, h, w] at the output pixel centres,
+    the source's samples shifted by `shift` [B, 2] (x, y) of its pixels -> [B, C, H, W], fp32.
+
+    The sample positions of a uniform grid with one shift per image are separable, so this is two 1-D passes
+    (columns at the source's height, then rows), each a Gather of whole rows and a weighted sum of the taps:
+    the same result as grid_sample (to float rounding) without its per-pixel coordinate arithmetic, which made
+    grid_sample most of a student's time (benchmarks/bench_student.py).
+    """
+    h, w = image.shape[-2:]
+    height, width = out_size
+    shift = shift.float()
+    cols, col_weights = _axis_taps(_source_positions(w, width, shift[:, 0]), w, mode)
+    rows, row_weights = _axis_taps(_source_positions(h, height, shift[:, 1]), h, mode)
+    out = gather_rows(image.float().transpose(2, 3), cols)  # [B, C, K, W, h]
+    out = out[:, :, 0] if col_weights is None else (out * col_weights[:, None, :, :, None]).sum(2)
+    out = gather_rows(out.transpose(2, 3), rows)  # [B, C, K, H, W]
+    return out[:, :, 0] if row_weights is None else (out * row_weights[:, None, :, :, None]).sum(2)
+
+
+def nearest_taps(image: torch.Tensor, jitter: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """The 3x3 jittered samples around every output pixel's nearest one: [B, C, 3 (dx), 3 (dy), H, W], offsets
+    -1, 0, 1 in render pixels, replicated at the borders. Ties go to the lower sample (TIE_EPS), as in
+    `jitter_resample(..., mode="nearest")` and `subpixel_offset`."""
+    b, c, h, w = image.shape
+    height, width = out_size
+    jitter = jitter.float() + TIE_EPS
+    neighbours = torch.arange(-1, 2, device=image.device).view(1, 3, 1)
+    cols, _ = _axis_taps(_source_positions(w, width, jitter[:, 0]), w, "nearest")
+    rows, _ = _axis_taps(_source_positions(h, height, jitter[:, 1]), h, "nearest")
+    out = gather_rows(image.float().transpose(2, 3), (cols + neighbours).clamp(0, w - 1))  # [B, C, 3, W, h]
+    out = gather_rows(out.reshape(b, c * 3, width, h).transpose(2, 3), (rows + neighbours).clamp(0, h - 1))
+    return out.view(b, c, 3, 3, height, width)
+
+
 def jitter_resample(image: torch.Tensor, jitter: torch.Tensor, out_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resample a jittered render [B, C, h, w] to the output grid [B, C, H, W].
+    """Resample a jittered render [B, C, h, w] to the output grid [B, C, H, W] (fp32).
 
     Sample (i, j) lies at render coordinates (j + 0.5 + jx, i + 0.5 + jy), so each output pixel is
     looked up at its own position minus the jitter; `jitter` is [B, 2] in render pixels of `image`.
-    With mode "nearest", ties go to the lower sample (see TIE_EPS and `subpixel_offset`).
+    With mode "nearest", ties go to the lower sample (see TIE_EPS and `subpixel_offset`). Border padding,
+    grid_sample's kernels (bicubic A = -0.75), computed separably (`resample_separable`).
     """
-    batch, _, h, w = image.shape
-    grid = _output_grid(batch, out_size, image.device)
     jitter = jitter.float()
     if mode == "nearest":
         jitter = jitter + TIE_EPS
-    shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1)
-    return F.grid_sample(image.float(), grid - shift[:, None, None, :], mode=mode, padding_mode="border",
-                         align_corners=False)
+    return resample_separable(image, out_size, jitter, mode)
 
 
 def upsample_motion(motion: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -125,26 +198,26 @@ def gather_subgrid(image: torch.Tensor, in_size: tuple[int, int], sub: int) -> t
     Render pixel (i, j) gets the image sampled at sub x sub evenly spaced points inside it (an
     arbitrary-ratio space-to-depth), so the network sees the history at full detail.
     """
-    batch = image.shape[0]
     h, w = in_size
-    fine = _output_grid(batch, (h * sub, w * sub), image.device)
-    sampled = F.grid_sample(image.float(), fine, mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = resample_separable(image, (h * sub, w * sub), image.new_zeros(image.shape[0], 2))
     return F.pixel_unshuffle(sampled, sub)
 
 
-def subpixel_offset(jitter: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
-    """[B, 2, H, W]: offset (render pixels, in (-0.5, 0.5]) of each output pixel centre from the nearest
-    sample, the one `jitter_resample(..., mode="nearest")` picks (ties go to the lower sample)."""
+def subpixel_axes(jitter: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int]):
+    """(dx [B, W], dy [B, H]): the offset (render pixels, in (-0.5, 0.5]) of each output column's and row's centre
+    from the nearest sample, the one `jitter_resample(..., mode="nearest")` picks (ties go to the lower sample)."""
     h, w = in_size
-    height, width = out_size
     jitter = jitter.float()
-    xs = (torch.arange(width, device=jitter.device, dtype=torch.float32) + 0.5) * w / width
-    ys = (torch.arange(height, device=jitter.device, dtype=torch.float32) + 0.5) * h / height
-    dx = xs.view(1, 1, width) - 0.5 - jitter[:, 0].view(-1, 1, 1)
-    dy = ys.view(1, height, 1) - 0.5 - jitter[:, 1].view(-1, 1, 1)
-    dx = dx - torch.floor(dx - TIE_EPS + 0.5)
-    dy = dy - torch.floor(dy - TIE_EPS + 0.5)
-    return torch.stack([dx.expand(-1, height, width), dy.expand(-1, height, width)], dim=1)
+    dx = _source_positions(w, out_size[1], jitter[:, 0])
+    dy = _source_positions(h, out_size[0], jitter[:, 1])
+    return dx - torch.floor(dx - TIE_EPS + 0.5), dy - torch.floor(dy - TIE_EPS + 0.5)
+
+
+def subpixel_offset(jitter: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+    """[B, 2, H, W]: `subpixel_axes` on every output pixel."""
+    height, width = out_size
+    dx, dy = subpixel_axes(jitter, in_size, out_size)
+    return torch.stack([dx[:, None, :].expand(-1, height, width), dy[:, :, None].expand(-1, height, width)], dim=1)
 
 
 class ReconstructionHead(nn.Module):

@@ -5,7 +5,8 @@ from oss_cluster.cost.flops import step_inputs
 from oss_cluster.models import build_model
 from oss_cluster.models.accumulate import HISTORY_CHANNELS
 from oss_cluster.models.temporal import (
-    derive_disocclusion, gather_subgrid, jitter_resample, run_window, subpixel_offset, warp_previous,
+    TIE_EPS, derive_disocclusion, gather_subgrid, jitter_resample, nearest_taps, run_window, subpixel_offset,
+    warp_previous,
 )
 
 
@@ -26,6 +27,40 @@ def test_warp_respects_disocclusion():
     assert valid[0, 0, 4:6, 6:8].sum() == 0 and valid.sum() == 16 * 24 - 4
     assert warped[..., 4:6, 6:8].abs().sum() == 0
     assert torch.allclose(warped[..., :4, :], previous[..., :4, :], atol=1e-6)
+
+
+def grid_sample_reference(image, jitter, out_size, mode):
+    """What jitter_resample computed before it was made separable: grid_sample at the jittered output centres."""
+    batch, _, h, w = image.shape
+    height, width = out_size
+    ys = (torch.arange(height) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width) + 0.5) / width * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(batch, height, width, 2)
+    jitter = jitter + TIE_EPS if mode == "nearest" else jitter
+    shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1)
+    return torch.nn.functional.grid_sample(image, grid - shift[:, None, None, :], mode=mode, padding_mode="border",
+                                           align_corners=False)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((6, 8), (9, 12)), ((9, 16), (12, 21)), ((7, 5), (14, 10)),
+                                              ((6, 9), (18, 27)), ((12, 16), (6, 8))])
+def test_separable_resampling_equals_grid_sample(size_in, size_out):
+    """Rows-and-columns gathers give grid_sample's nearest, bilinear and bicubic (border padding) at ratios 1.5,
+    4/3, 2, 3 and 1/2, per-image jitters up to half a pixel either way; the 3x3 nearest taps equal the nearest
+    resampling of the replicate-padded shifted copies they replace."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 2, *size_in)
+    jitter = torch.tensor([[0.5, -0.5], [-0.5, 0.5], [0.17, -0.31]])
+    for mode, tolerance in (("nearest", 0.0), ("bilinear", 2e-6), ("bicubic", 4e-6)):
+        torch.testing.assert_close(jitter_resample(image, jitter, size_out, mode),
+                                   grid_sample_reference(image, jitter, size_out, mode), rtol=0, atol=tolerance)
+    h, w = size_in
+    padded = torch.nn.functional.pad(image, (1, 1, 1, 1), mode="replicate")
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            shifted = padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            assert torch.equal(nearest_taps(image, jitter, size_out)[:, :, dx + 1, dy + 1],
+                               grid_sample_reference(shifted, jitter, size_out, "nearest"))
 
 
 def test_jitter_resample_places_samples_where_they_were_taken():
