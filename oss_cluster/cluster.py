@@ -212,6 +212,22 @@ def check_shared_storage(root: str, shared: bool, setting: str = "storage.root")
 # ---------------------------------------------------------------------------------------------- placement
 
 
+def gpus_on_tier_nodes(tier: str, alive: list[dict], types: dict[str, dict] | None) -> int:
+    """1 where the nodes carrying tier_<tier> (alive ones, and node types the autoscaler can launch) have a GPU,
+    else 0: what a tier's Serve replica or latency task asks for with `num_gpus: auto`."""
+    key = f"tier_{tier}"
+    gpus = [node.get("Resources", {}).get("GPU", 0) for node in alive if node.get("Resources", {}).get(key)]
+    gpus += [resources.get("GPU", 0) for resources in (types or {}).values() if resources.get(key)]
+    return int(any(count >= 1 for count in gpus))
+
+
+def tier_gpus(tier: str) -> int:
+    """`gpus_on_tier_nodes` on this cluster (0 without a running Ray)."""
+    import ray
+
+    return gpus_on_tier_nodes(tier, _alive_nodes(), autoscaler_node_types()) if ray.is_initialized() else 0
+
+
 def tier_pinning(tier: str, amount: float, mode: str, what: str) -> dict:
     """Ray resources that pin a tier's replica or latency task to cluster.yaml's target_<tier> nodes.
 

@@ -3,7 +3,7 @@
 import pytest
 
 from oss_cluster.cluster import (ResourceRequestError, check_request, check_shared_storage, count_node_types,
-                                 is_multi_node, tier_pinning)
+                                 gpus_on_tier_nodes, is_multi_node, tier_gpus, tier_pinning)
 from oss_cluster.config import ConfigError
 
 
@@ -40,3 +40,14 @@ def test_storage_every_node_shares(ray_local, tmp_path, monkeypatch):
 def test_tier_pinning_asks_for_the_tier_resource(ray_local):
     assert tier_pinning("pico", 0.01, "auto", "test") == {"tier_pico": 0.01}
     assert tier_pinning("pico", 0.01, "off", "test") == {}
+
+
+def test_replicas_and_latency_tasks_ask_for_a_gpu_only_where_the_tier_nodes_have_one(ray_local):
+    """num_gpus: auto. This instance's node carries tier_pico but no GPU: 0. A launchable node type with tier_pico
+    and a GPU (as the autoscaler fills in for cluster.yaml's g4dn.xlarge): 1; one for another tier does not count."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    assert tier_gpus("pico") == 0 == gpus_on_tier_nodes("pico", alive, None)
+    assert gpus_on_tier_nodes("pico", alive, {"target_pico": {"CPU": 4, "GPU": 1, "tier_pico": 1}}) == 1
+    assert gpus_on_tier_nodes("pico", alive, {"target_heavy": {"CPU": 4, "GPU": 1, "tier_heavy": 1}}) == 0

@@ -1,7 +1,8 @@
 """The Ray Serve upscaling application: a FastAPI ingress and one upscaler deployment per tier.
 
-    POST /v1/upscale   a frame (see codec.py) -> the upscaled PNG (or raw rgb8 with Accept:
-                       application/octet-stream); X-Session-Id keys the stream's history
+    POST /v1/upscale   a frame (see codec.py) -> the upscaled PNG, or raw pixels with Accept:
+                       application/octet-stream (rgb8, or rgbf16 with X-Reply-Format: rgbf16), streamed;
+                       X-Session-Id keys the stream's history
     GET  /v1/models    tiers, ratios, backends, versions
     GET  /healthz      ok when every tier's replicas answer
     GET  /dashboard/   the research dashboard of the app's storage (with `dashboard.enabled`); a client on
@@ -10,7 +11,8 @@
 
 Requests from other machines need an API token ($OSS_SERVE_TOKEN or the lines of `api_token_file` on
 the Serve nodes; without one configured they get 401); session ids are scoped to the caller's token.
-Bodies are bounded before they are read (413). Each tier's `Upscaler` replica loads its export
+Bodies are bounded before they are read (413); decoding and encoding run on worker threads, off the
+ingress's event loop, so one large PNG does not stall every other request. Each tier's `Upscaler` replica loads its export
 (manifest + ONNX / TensorRT files, sha256-checked) or, for development, an untrained student; picks
 TensorRT where the worker has a GPU and an engine, else ONNX Runtime; batches concurrent requests with
 @serve.batch; and keeps each session's previous output history buffer and depth (what the temporal
@@ -32,17 +34,18 @@ from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from ray import serve
 
 from ..access import bearer_token, is_loopback, token_matches
-from ..cluster import tier_pinning
+from ..cluster import tier_gpus, tier_pinning
 from ..config import ConfigError, Section, StorageConfig, TierName
 from ..models.accumulate import HISTORY_CHANNELS
 from ..storage import storage_from_config
 from ..tiers import scaled_size
-from .codec import RequestError, decode_frame, decode_plane, encode_png, parse_jitter, to_uint8
+from .codec import (REPLY_FORMATS, RequestError, decode_frame, decode_plane, decode_raw_body, encode_png,
+                    parse_jitter, to_reply_pixels)
 
 
 class TierServeConfig(Section):
@@ -51,7 +54,8 @@ class TierServeConfig(Section):
     ratio: PositiveFloat = 1.5  # output/input per axis for an untrained student (a manifest carries its own)
     replicas: PositiveInt = 1
     num_cpus: PositiveFloat = 1.0
-    num_gpus: float = Field(0.0, ge=0)
+    # GPUs per replica; auto: 1 where the tier's target nodes (tier_<tier>) have a GPU, so TensorRT can run there
+    num_gpus: Literal["auto"] | float = Field("auto", union_mode="left_to_right")
     tier_resource: PositiveFloat = 0.01  # units of tier_<tier> per replica
 
 
@@ -151,6 +155,14 @@ class Upscaler:
     async def upscale(self, frame: dict) -> dict:
         return await self.upscale_batch(frame)
 
+    def _run(self, inputs: dict, replies: list[str]):
+        """(reply pixels per frame, history buffers, inference ms) of one batch, on an executor thread: the
+        conversion to what each reply carries happens here too, off the replica's event loop."""
+        started = time.perf_counter()
+        outputs, histories = self.backend.run(inputs)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        return [to_reply_pixels(output, reply) for output, reply in zip(outputs, replies)], histories, elapsed_ms
+
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def upscale_batch(self, frames: list[dict]) -> list[dict]:
         # Frames of one size run as one batch; a session's history is only used when its size matches.
@@ -181,17 +193,18 @@ class Upscaler:
                 "motion": np.stack([frames[i]["motion"] for i in indices]),
                 "previous_depth": np.stack(previous_depth), "previous": np.stack(previous),
             }
-            started = time.perf_counter()
-            outputs, histories = await asyncio.get_running_loop().run_in_executor(None, self.backend.run, inputs)
-            elapsed_ms = (time.perf_counter() - started) * 1e3
+            replies = [frames[i]["reply"] for i in indices]
+            outputs, histories, elapsed_ms = await asyncio.get_running_loop().run_in_executor(
+                None, self._run, inputs, replies)
             for j, i in enumerate(indices):
                 session = frames[i]["session"]
                 if session and not frames[i]["geometry"]:  # nothing to continue from: the next frame starts anew
                     self._forget(session)
                 elif session:
                     self._remember(session, histories[j], frames[i]["depth"])
-                results[i] = {"image": to_uint8(outputs[j]), "history": history[j], "batch": len(indices),
-                              "inference_ms": elapsed_ms, "backend": self.backend.name}
+                results[i] = {"image": outputs[j], "history": history[j], "batch": len(indices),
+                              "inference_ms": elapsed_ms, "backend": self.backend.name,
+                              "timing_includes": self.backend.timing_includes}
         self.frames += len(frames)
         return results
 
@@ -199,6 +212,13 @@ class Upscaler:
 api = FastAPI(title="OpenSuperSampling upscaling endpoint")
 logger = logging.getLogger("ray.serve")
 REPLY_TYPES = ("image/png", "application/octet-stream")
+STREAM_CHUNK = 1 << 20  # raw replies go out in chunks of this many bytes, straight from the array
+
+
+def _chunks(pixels: np.ndarray):
+    view = memoryview(pixels).cast("B")
+    for start in range(0, len(view), STREAM_CHUNK):
+        yield bytes(view[start:start + STREAM_CHUNK])  # bytes: what Serve's proxy can pass on
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -339,22 +359,32 @@ class Gateway:
             if not any(t in REPLY_TYPES or t in ("*/*", "image/*") for t in wanted):
                 raise RequestError(406, f"Accept: {accept!r}: replies are image/png or application/octet-stream (rgb8)")
             raw_reply = "application/octet-stream" in wanted and "image/png" not in wanted
+            reply = request.headers.get("X-Reply-Format")
+            if reply is not None and not raw_reply:
+                raise RequestError(400, f"X-Reply-Format: {reply} is for raw replies: send it with Accept: "
+                                        "application/octet-stream")
+            if reply is not None and reply not in REPLY_FORMATS:
+                raise RequestError(400, f"X-Reply-Format: {reply!r} is not one of {', '.join(REPLY_FORMATS)}")
             frame = await self._decode(request, await self._body(request))
         except RequestError as err:
             return _error(err.status, err.message)
+        frame["reply"] = (reply or "rgb8") if raw_reply else "png"
         if frame["session"]:
             frame["session"] = f"{caller}:{frame['session']}"  # one caller cannot touch another's history
         result = await self.upscalers[tier].upscale.remote(frame)
-        image = result["image"]
-        headers = {"X-Width": str(image.shape[1]), "X-Height": str(image.shape[0]), "X-Backend": result["backend"],
+        pixels = result["image"]
+        headers = {"X-Width": str(pixels.shape[1]), "X-Height": str(pixels.shape[0]), "X-Backend": result["backend"],
                    "X-History": result["history"], "X-Batch-Size": str(result["batch"]),
-                   "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Tier": tier, "X-Tier-Source": chosen}
+                   "X-Inference-Ms": f"{result['inference_ms']:.3f}", "X-Inference-Includes": result["timing_includes"],
+                   "X-Tier": tier, "X-Tier-Source": chosen}
         if result["history"] == "unavailable":
-            headers["X-History-Reason"] = ("the request has no motion vectors and depth (multipart parts 'motion' and "
-                                           "'depth'): upscaled from this frame alone")
+            headers["X-History-Reason"] = ("the request has no motion vectors and depth (raw planes listed in "
+                                           "X-Planes, or multipart parts 'motion' and 'depth'): upscaled from this "
+                                           "frame alone")
         if raw_reply:
-            return Response(image.tobytes(), media_type="application/octet-stream", headers={**headers, "X-Format": "rgb8"})
-        return Response(encode_png(image), media_type="image/png", headers=headers)
+            headers.update({"X-Format": frame["reply"], "Content-Length": str(pixels.nbytes)})
+            return StreamingResponse(_chunks(pixels), media_type="application/octet-stream", headers=headers)
+        return Response(await asyncio.to_thread(encode_png, pixels), media_type="image/png", headers=headers)
 
     async def _decode(self, request: Request, body: bytes) -> dict:
         content_type = request.headers.get("Content-Type", "")
@@ -372,17 +402,21 @@ class Gateway:
             if "frame" not in form or not hasattr(form["frame"], "read"):
                 raise RequestError(400, "multipart body needs a file part 'frame'")
             part = form["frame"]
-            lr = decode_frame(part.content_type or "", await part.read(), headers, self.cfg.max_pixels)
+            data = await part.read()
+            lr = await asyncio.to_thread(decode_frame, part.content_type or "", data, headers, self.cfg.max_pixels)
             size = lr.shape[-2:]
             for name in ("motion", "depth"):
                 if name in form:
                     if not hasattr(form[name], "read"):
                         raise RequestError(400, f"{name}: must be a file part (raw float32 bytes)")
                     data = await form[name].read()
-                    plane = decode_plane(data, name, 2 if name == "motion" else 1, size)
+                    plane = await asyncio.to_thread(decode_plane, data, name, 2 if name == "motion" else 1, size)
                     motion, depth = (plane, depth) if name == "motion" else (motion, plane)
+        elif content_type.split(";")[0].strip().lower() == "application/octet-stream" and headers.get("X-Planes"):
+            lr, planes = await asyncio.to_thread(decode_raw_body, body, headers, self.cfg.max_pixels)
+            motion, depth = planes.get("motion"), planes.get("depth")
         else:
-            lr = decode_frame(content_type, body, headers, self.cfg.max_pixels)
+            lr = await asyncio.to_thread(decode_frame, content_type, body, headers, self.cfg.max_pixels)
         h, w = lr.shape[-2:]
         return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")),
                 "motion": motion if motion is not None else np.zeros((2, h, w), np.float32),
@@ -400,7 +434,10 @@ def build_app(args: dict | None = None):
         raise ConfigError(f"serve app args: {err}") from None
     upscalers = {}
     for tier, tier_cfg in cfg.tiers.items():
-        options: dict = {"num_cpus": tier_cfg.num_cpus, "num_gpus": tier_cfg.num_gpus}
+        gpus = tier_gpus(tier) if tier_cfg.num_gpus == "auto" else tier_cfg.num_gpus
+        if gpus < 0:
+            raise ConfigError(f"serve app args: tiers.{tier}.num_gpus: {gpus} is negative")
+        options: dict = {"num_cpus": tier_cfg.num_cpus, "num_gpus": gpus}
         if ray.is_initialized():
             pinned = tier_pinning(tier, tier_cfg.tier_resource, cfg.pin_to_tier_workers, f"serve: {tier} replicas")
             if pinned:

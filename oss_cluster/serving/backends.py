@@ -16,6 +16,7 @@ from ..tiers import scaled_size
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    timing_includes = "the run on the CPU (no device copies)"  # what a run's time covers
 
     def __init__(self, onnx: bytes, threads: int = 1):
         import onnxruntime as ort
@@ -35,6 +36,7 @@ class TensorRTBackend:
     """A deserialized TensorRT engine run on the current CUDA device through torch tensors."""
 
     name = "tensorrt"
+    timing_includes = "host-to-device copies of the inputs, the engine, and device-to-host copies of the outputs"
 
     def __init__(self, engine: bytes):
         import tensorrt as trt

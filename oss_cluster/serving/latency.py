@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 
-from ..cluster import tier_pinning
+from ..cluster import tier_gpus, tier_pinning
 from ..tiers import TIERS, scaled_size
 
 
@@ -86,7 +86,7 @@ def measure_tier(tier_name: str, manifest: dict, storage_cfg: dict | None, scale
             in_process.append((time.perf_counter() - started) * 1e3)
     result = {"tier": tier_name, "backend": backend.name, "render_size": [w, h], "output_size": [W, H],
               "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
-              "in_process_ms": percentiles(in_process)}
+              "in_process_ms": percentiles(in_process), "timing_includes": backend.timing_includes}
     if url:
         body = encode_png(to_uint8(lr[0]))
         http = []
@@ -114,7 +114,8 @@ def run_latency(tiers: list[str], manifests: dict[str, dict], storage_cfg: dict 
     for tier_name in tiers:
         # A small logical CPU share, so the task fits beside the tier's Serve replicas on a small
         # worker; it uses `threads` real threads either way.
-        options = {"num_cpus": 0.25}
+        # A GPU where the tier's target nodes have one, so the timing is the TensorRT engine's there.
+        options = {"num_cpus": 0.25, "num_gpus": tier_gpus(tier_name)}
         pinned = tier_pinning(tier_name, 0.01, "auto", f"latency test of {tier_name}")
         if pinned:
             options["resources"] = pinned
@@ -165,6 +166,8 @@ def format_rows(rows: list[dict]) -> str:
                      f"{row['verdict']:>12s} {row['roofline_target_ms']:>7.3f} ms ({row['roofline_target_compute_ms']:.3f} | "
                      f"{row['roofline_target_memory_ms']:.3f}; {row['graph_memory_target_ms']:.3f}) {row['hardware']}  "
                      f"{row['host']}{' [tier_' + row['tier'] + ']' if row['pinned'] else ''}")
+    for backend, includes in sorted({(row["backend"], row.get("timing_includes")) for row in rows if row.get("timing_includes")}):
+        lines.append(f"in-process time with {backend} covers {includes}")
     return "\n".join(lines)
 
 

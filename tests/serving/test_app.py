@@ -155,6 +155,48 @@ def test_raw_rgb_in_and_out(endpoint, frames):
     assert len(data) == int(headers["x-width"]) * int(headers["x-height"]) * 3 == 72 * 48 * 3
 
 
+def raw_with_planes(frame, fmt="rgb8", plane_format="f32") -> tuple[bytes, dict]:
+    """One raw body: the frame in `fmt`, then motion and depth planes (X-Planes), as a game engine would send them."""
+    pixels = frame["lr"].transpose(1, 2, 0)
+    body = to_uint8(frame["lr"]).tobytes() if fmt == "rgb8" else pixels.astype("<f2").tobytes()
+    dtype = "<f4" if plane_format == "f32" else "<f2"
+    body += frame["motion"].transpose(1, 2, 0).astype(dtype).tobytes() + frame["depth"][0].astype(dtype).tobytes()
+    return body, {"Content-Type": "application/octet-stream", "X-Width": "48", "X-Height": "32", "X-Format": fmt,
+                  "X-Planes": "motion,depth", "X-Plane-Format": plane_format,
+                  "X-Jitter": f"{frame['jitter'][0]},{frame['jitter'][1]}"}
+
+
+def test_raw_frames_with_raw_planes_stream_like_multipart_and_half_floats_round_trip(endpoint, frames):
+    """A raw rgb8 body carrying its motion and depth planes continues a history exactly as the multipart PNG path
+    does (same pixels, same planes); rgbf16 frames and f16 planes in, rgbf16 out, match the model run in-process on
+    the half-float inputs to half-float precision."""
+    backend = OnnxRuntimeBackend(untrained_manifest("student_pico", RATIO)["files"]["onnx"]["data"])
+    history, previous_depth = np.zeros((1, HISTORY_CHANNELS, 48, 72), np.float32), np.zeros((1, 1, 32, 48), np.float32)
+    for k, frame in enumerate(frames):
+        body, content_type = multipart(frame)
+        jitter = {"X-Jitter": f"{frame['jitter'][0]},{frame['jitter'][1]}"}
+        _, _, via_png = post(endpoint, body, {"Content-Type": content_type, "X-Session-Id": "mp", **jitter,
+                                              "Accept": "application/octet-stream"})
+        body, headers = raw_with_planes(frame)
+        status, reply, via_raw = post(endpoint, body, {**headers, "X-Session-Id": "raw",
+                                                       "Accept": "application/octet-stream"})
+        assert status == 200 and reply["x-history"] == ("continued" if k else "new") and reply["x-format"] == "rgb8"
+        assert via_raw == via_png  # the same 8-bit pixels and planes: the same reply, byte for byte
+
+        body, headers = raw_with_planes(frame, "rgbf16", "f16")
+        status, reply, data = post(endpoint, body, {**headers, "X-Session-Id": "half", "X-Reply-Format": "rgbf16",
+                                                    "Accept": "application/octet-stream"})
+        assert status == 200 and reply["x-format"] == "rgbf16" and int(reply["content-length"]) == 48 * 72 * 3 * 2
+        assert reply["x-inference-includes"].startswith("the run on the CPU")
+        got = np.frombuffer(data, "<f2").reshape(48, 72, 3).astype(np.float32)
+        half = {name: frame[name].astype(np.float16).astype(np.float32)[None] for name in ("lr", "motion", "depth")}
+        output, history = backend.run({**half, "jitter": frame["jitter"][None], "previous_depth": previous_depth,
+                                       "previous": history})
+        history = history.astype(np.float16).astype(np.float32)
+        previous_depth = half["depth"].astype(np.float16).astype(np.float32)
+        assert np.abs(got - np.clip(output[0].transpose(1, 2, 0), 0, 1)).max() < 2e-3
+
+
 def test_bad_requests_get_4xx_json_and_the_replica_stays_healthy(endpoint, frames):
     good = png_of(frames[0])
     raw = to_uint8(frames[0]["lr"]).tobytes()
@@ -173,6 +215,14 @@ def test_bad_requests_get_4xx_json_and_the_replica_stays_healthy(endpoint, frame
         (raw, {"Content-Type": "application/octet-stream", "X-Width": "48", "X-Height": "32", "X-Format": "bgr16"},
          415, "X-Format"),
         (good, {"Content-Type": "image/png", "X-Tier": "ultra"}, 404, "unknown tier"),
+        (raw_with_planes(frames[0])[0][:-4], raw_with_planes(frames[0])[1], 400, "with planes motion,depth (f32) needs"),
+        (raw_with_planes(frames[0])[0], {**raw_with_planes(frames[0])[1], "X-Planes": "motion,normals"}, 400,
+         "X-Planes"),
+        (raw_with_planes(frames[0])[0], {**raw_with_planes(frames[0])[1], "X-Plane-Format": "f64"}, 415,
+         "X-Plane-Format"),
+        (good, {"Content-Type": "image/png", "X-Reply-Format": "rgbf16"}, 400, "for raw replies"),
+        (good, {"Content-Type": "image/png", "Accept": "application/octet-stream", "X-Reply-Format": "rgbf32"}, 400,
+         "X-Reply-Format"),
         (good, {"Content-Type": "image/png", "X-Jitter": "nan,0"}, 400, "X-Jitter"),
         (body.replace(frames[0]["motion"].transpose(1, 2, 0).astype("<f4").tobytes(), nan_motion),
          {"Content-Type": content_type}, 422, "NaN"),
