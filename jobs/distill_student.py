@@ -3,9 +3,12 @@
     python jobs/distill_student.py --tier pico --teacher-run hat-v0.1-pico-001 --smoke
     python jobs/distill_student.py --tier standard --teacher-run hat-v0.1-standard-002 \\
         --init-from student-v0.1-pico-004 --set distill.weight=0.3
+    python jobs/distill_student.py --tier pico --teacher-run hat-v0.1-pico-001 \
+        --init-from student-v0.1-pico-004 --set distill.quantization_aware=true    # INT8-aware fine-tuning
 
 Loss = Charbonnier to ground truth + distill.weight x Charbonnier to the frozen teacher's output.
---init-from starts from a smaller student run grown by Net2Net. Checkpoints, metrics.json and
+--init-from starts from a smaller student run grown by Net2Net (or the same student, unchanged);
+distill.quantization_aware=true trains the convolutions as the INT8 export computes them. Checkpoints, metrics.json and
 comparison strips as for the teacher jobs; every option can be set with --set key=value.
 """
 

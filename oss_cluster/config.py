@@ -197,6 +197,10 @@ class DistillConfig(Section):
     teacher_run: str | None = None  # run (same storage root) whose newest checkpoint is the frozen teacher
     weight: NonNegativeFloat = 0.5  # lambda
     init_from_run: str | None = None  # a smaller student run to start from, expanded with Net2Net
+    # Quantization-aware fine-tuning: the student's convolutions train on int8 weights and uint8 inputs, as the
+    # INT8 export computes (oss_cluster/quantize.py); typically with init_from_run set to a trained student of the
+    # same tier (Net2Net with nothing to grow is the identity)
+    quantization_aware: bool = False
 
 
 class ExperimentConfig(Section):

@@ -1,7 +1,8 @@
-"""INT8 static quantization of an exported student, with its measured quality cost.
+"""INT8 static quantization of an exported student, with its measured quality cost, and quantization-aware training.
 
     int8 = quantize_int8(onnx, calibration_feeds(steps))   # a QDQ ONNX model
     cost = quality_cost(onnx, int8, sequences)              # PSNR / FLIP of each, streamed, and the deltas
+    quantization_aware(student)                             # train it seeing what the INT8 model will compute
 
 The network's convolutions and matrix products are quantized (per-channel int8 weights, uint8 activations,
 QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around them (resampling,
@@ -23,8 +24,64 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def _tracked_range(previous: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """[min, max] of `x` and everything seen before (`previous`), min <= 0 <= max as uint8 ranges need zero: the
+    export's MinMax calibration, kept up while training."""
+    seen = torch.stack([x.min().clamp(max=0), x.max().clamp(min=0)])
+    if previous is None:
+        return seen
+    previous = previous.to(seen.device)
+    return torch.stack([torch.minimum(previous[0], seen[0]), torch.maximum(previous[1], seen[1])])
+
+
+def _fake_quant_uint8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
+    low, high = value_range.tolist()
+    scale = max(high - low, 1e-8) / 255
+    zero_point = min(255, max(0, round(-low / scale)))
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+
+class FakeQuantConv2d(nn.Conv2d):
+    """nn.Conv2d computing as in the QDQ export (see `quantization_aware`)."""
+
+    input_range: torch.Tensor | None = None  # [min, max] of the input, min <= 0 <= max
+    output_range: torch.Tensor | None = None
+
+    def forward(self, x):
+        x32 = x.float()
+        tracking = self.training or self.input_range is None
+        if tracking:
+            with torch.no_grad():
+                self.input_range = _tracked_range(self.input_range, x32)
+        weight = self.weight.float()
+        scales = (weight.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8)  # straight-through: no gradient
+        w_q = torch.fake_quantize_per_channel_affine(
+            weight, scales, torch.zeros_like(scales, dtype=torch.int32), 0, -127, 127)
+        out = self._conv_forward(_fake_quant_uint8(x32, self.input_range), w_q, None if self.bias is None
+                                 else self.bias.float())
+        if tracking:
+            with torch.no_grad():
+                self.output_range = _tracked_range(self.output_range, out)
+        return _fake_quant_uint8(out, self.output_range).to(x.dtype)
+
+
+def quantization_aware(model: nn.Module) -> nn.Module:
+    """Make every nn.Conv2d of `model` compute as the INT8 QDQ export will (`quantize_int8`): its weights rounded to
+    int8 per output channel (symmetric), its input and its output to uint8 per tensor over the ranges seen in
+    training (running min/max, as the export calibrates), gradients passed straight through the rounding. Returns the model, changed in place; its parameters
+    and state dict are unchanged (the ranges are not saved: export calibrates its own), so checkpoints load into
+    a plain student. Matrix products: the students have none."""
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = FakeQuantConv2d
+            module.input_range = None
+    return model
 
 
 def calibration_feeds(steps) -> list[dict[str, np.ndarray]]:

@@ -50,3 +50,38 @@ def test_a_bad_calibration_is_refused_and_a_good_one_passes(steering_student):
     # the fidelity bound.
     delta = float(re.search(r"steady-state PSNR ([-+][0-9.]+) dB against", message).group(1))
     assert -delta <= cost["max_psnr_drop_db"]
+
+
+def test_a_quantization_aware_student_computes_what_the_int8_export_computes(steering_student):
+    """quantization_aware: the same parameters and state dict, gradients through the rounding, and, with its ranges
+    taken on the calibration frames, outputs far closer to the INT8 ONNX model's than the fp32 model's are."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from oss_cluster.export import INPUT_NAMES, frame_steps
+    from oss_cluster.quantize import FakeQuantConv2d, calibration_feeds, quantization_aware, quantize_int8
+    from oss_cluster.serving.backends import OnnxRuntimeBackend
+
+    model, cfg, onnx, windows = steering_student
+    steps = [step for window in windows for step in frame_steps(model, window, cfg.data.ratio)]
+    int8 = OnnxRuntimeBackend(quantize_int8(onnx, calibration_feeds(steps)))
+    fp32 = OnnxRuntimeBackend(onnx)
+    aware = quantization_aware(copy.deepcopy(model)).train()
+    convs = [m for m in aware.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is FakeQuantConv2d for m in convs)
+    assert {k: v.tolist() for k, v in aware.state_dict().items()} == {k: v.tolist() for k, v in model.state_dict().items()}
+    output, _ = aware(*steps[5])
+    output.mean().backward()
+    assert aware.enter.weight.grad.abs().sum() > 0  # straight through the rounding
+    with torch.no_grad():
+        for step in steps:  # the ranges, as the export's MinMax calibration takes them
+            aware(*step)
+    aware.eval()
+    for step in steps[5:8]:
+        feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, step)}
+        quantized, reference = int8.run(feed)[0], fp32.run(feed)[0]
+        with torch.no_grad():
+            simulated = aware(*step)[0].numpy()
+        assert np.abs(simulated - quantized).mean() < 0.25 * np.abs(reference - quantized).mean()

@@ -145,6 +145,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if cfg.distill.init_from_run and checkpoint is None:
         model = initial_student(storage, cfg)
+    if cfg.distill.quantization_aware:
+        from ..quantize import quantization_aware
+
+        quantization_aware(model)
     scratch = tempfile.TemporaryDirectory()
     resume = _resume_folder(checkpoint, world, scratch.name) if checkpoint is not None else None
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],

@@ -160,6 +160,10 @@ def train_local(cfg: ExperimentConfig, run: Run | None = None, time_budget_s: fl
         raise ConfigError(f"eval_frames {eval_frames}: held-out sequences need at least {MIN_EVAL_FRAMES} frames")
     torch.manual_seed(train.seed)
     model = build_model(cfg.model.name, **cfg.model.options)
+    if cfg.distill.quantization_aware:
+        from ..quantize import quantization_aware
+
+        quantization_aware(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     clips = training_clips(cfg)
     dataset = CroppedClips(clips, train.crop, seed=train.seed)

@@ -89,6 +89,35 @@ def test_student_grows_from_a_smaller_one_by_net2net(shipped):
                                                                            "model.name=student_standard"]))
 
 
+def test_quantization_aware_fine_tuning_continues_a_student_and_exports_int8(shipped, tmp_path):
+    """jobs/distill_student.py --init-from <the student> --set distill.quantization_aware=true: Ray Train +
+    DeepSpeed workers fine-tune the trained student with fake-quantized convolutions, starting from its weights
+    (Net2Net with nothing to grow), and the result loads as a plain student and exports to INT8 within the bounds."""
+    import shutil
+
+    import torch
+
+    from oss_cluster.export import export_student
+
+    root, teacher, student, _ = shipped
+    for run in (teacher, student):  # a storage of its own: the session's runs stay as the other tests expect
+        shutil.copytree(Path(root) / "runs" / str(run), tmp_path / "runs" / str(run))
+    cfg = load_config(CONFIGS / "distill_smoke.yaml", [
+        f"storage.root={tmp_path}", f"distill.teacher_run={teacher}", f"distill.init_from_run={student}",
+        "distill.quantization_aware=true", "train.steps=6", "train.eval_every=6", "train.checkpoint_every=6",
+        "train.lr=3e-4", "train.warmup_steps=0"])
+    tuned, result = train_distributed(cfg)
+    storage = open_storage(str(tmp_path))
+    record = storage.read_json(f"runs/{tuned}/metrics.json")
+    assert record["status"] == "finished" and record["config"]["distill"]["quantization_aware"] is True
+    assert result.metrics["eval/model/psnr_rgb"] > result.metrics["eval/bicubic/psnr_rgb"]  # it started trained
+    after, _, _ = load_model(storage, tuned)  # a plain student: the fake quantization is not in the checkpoint
+    before, _, _ = load_model(storage, student)
+    assert not any(torch.equal(a, b) for a, b in zip(after.parameters(), before.parameters()) if a.requires_grad)
+    manifest = export_student(storage, str(tuned), quantize=("int8",), log=lambda line: None)
+    assert manifest["quantized"]["int8"]["fidelity_db"] >= manifest["quantized"]["int8"]["min_fidelity_db"]
+
+
 def test_missing_teacher_is_refused_before_training(tmp_path, ray_local):
     cfg = load_config(CONFIGS / "distill_smoke.yaml", [f"storage.root={tmp_path}", "distill.teacher_run=hat-v0.1-pico-404"])
     with pytest.raises(FileNotFoundError, match="hat-v0.1-pico-404"):
