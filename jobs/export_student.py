@@ -2,6 +2,7 @@
 
     python jobs/export_student.py student-v0.1-pico-001
     python jobs/export_student.py student-v0.1-pico-001 --quantize int8      # + a QDQ INT8 ONNX model, its cost measured
+    python jobs/export_student.py student-v0.1-pico-001 --quantize fp8       # + FP8 QDQ + TensorRT engine (FP8 GPU)
     python jobs/export_student.py student-v0.1-pico-001 --precision fp16 --precision int8   # on a GPU
     python jobs/export_student.py student-v0.1-pico-001 --storage s3://bucket/oss --endpoint-url http://127.0.0.1:9000
 
@@ -24,9 +25,10 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", action="append", choices=["fp16", "int8"],
                         help="TensorRT engine precision, repeatable (default fp16; only where a GPU and tensorrt are)")
     parser.add_argument("--parity-frames", type=int, default=4, help="held-out frames per sequence for the ONNX check")
-    parser.add_argument("--quantize", action="append", choices=["int8"], default=[],
-                        help="also write a QDQ INT8 ONNX model, calibrated on training-distribution frames, with its "
-                             "held-out PSNR/FLIP cost and speed in the manifest")
+    parser.add_argument("--quantize", action="append", choices=["int8", "fp8"], default=[],
+                        help="also write a QDQ ONNX model at this precision, calibrated on training-distribution frames, "
+                             "with its held-out PSNR/FLIP cost and speed in the manifest (fp8: E4M3 + a TensorRT "
+                             "engine, on a GPU with FP8, TensorRT and NVIDIA ModelOpt); repeatable")
     parser.add_argument("--max-psnr-drop", type=float, default=0.2,
                         help="refuse a quantized model losing more steady-state PSNR than this, dB (default 0.2)")
     parser.add_argument("--min-fidelity", type=float, default=48.13,

@@ -38,6 +38,7 @@ INPUT_NAMES = ["lr", "depth", "jitter", "motion", "previous_depth", "previous"]
 OUTPUT_NAMES = ["output", "history"]
 OPSET = 17
 PARITY_TOLERANCE = 1e-3
+QUANTIZATIONS = ("int8", "fp8")  # int8: QDQ ONNX for ONNX Runtime; fp8: E4M3 QDQ ONNX + TensorRT engine (GPU)
 MAX_PSNR_DROP_DB = 0.2  # the most steady-state PSNR a quantized export may lose against fp32
 # The least fidelity (PSNR of the quantized output against the fp32 output) a quantized export may have:
 # 20 log10(255), an RMS difference of one 8-bit code value.
@@ -118,7 +119,8 @@ def tensorrt_unavailable() -> str | None:
 
 def build_tensorrt_engine(onnx: bytes, precision: str, input_size: tuple[int, int], ratio: float,
                           calibration: list[tuple[torch.Tensor, ...]] | None = None) -> bytes:
-    """Serialize a TensorRT engine for `onnx` (GPU only). precision: fp16 or int8 (calibrated on `calibration`).
+    """Serialize a TensorRT engine for `onnx` (GPU only). precision: fp16, int8 (calibrated on `calibration`) or
+    fp8 (`onnx` must be an FP8 QDQ graph: quantize.quantize_fp8).
 
     The optimisation profile spans quarter to full `input_size` (W, H) render resolution at batch 1..4.
     """
@@ -155,9 +157,11 @@ def build_tensorrt_engine(onnx: bytes, precision: str, input_size: tuple[int, in
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _Calibrator(trt, calibration)
         config.set_calibration_profile(profile)
+    elif precision == "fp8":  # explicit quantization: the graph's FP8 Q/DQ nodes carry the scales
+        config.set_flag(trt.BuilderFlag.FP8)
     elif precision != "fp16":
-        raise ExportError(f"TensorRT precision {precision!r}: use fp16 or int8 (FP8 needs explicit Q/DQ "
-                          "quantization of the ONNX graph, e.g. with NVIDIA ModelOpt, which this exporter does not do)")
+        raise ExportError(f"TensorRT precision {precision!r}: use fp16 or int8 (fp8 comes from --quantize fp8, which "
+                          "writes the FP8 Q/DQ graph first)")
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise ExportError(f"TensorRT failed to build the {precision} engine (see its log above)")
@@ -202,7 +206,8 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     """Export the run's newest checkpoint; returns the manifest (also written next to the files).
 
     `quantize=("int8",)` adds a QDQ INT8 ONNX model calibrated on `calibration` windows (default: frames of the
-    training distribution, 2 sequences) and scored against fp32 on held-out sequences; nothing is written when
+    training distribution, 2 sequences) and scored against fp32 on held-out sequences; "fp8" adds an FP8 (E4M3) QDQ
+    model and its TensorRT engine (an FP8 GPU with TensorRT and ModelOpt only), scored the same way; nothing is written when
     its steady-state PSNR drops by more than `max_psnr_drop_db` or its output's PSNR against the fp32 output is
     under `min_fidelity_db` (see `quantize_gated`)."""
     from .evaluate import heldout_sequences, window_tensors
@@ -229,20 +234,36 @@ def export_student(storage: Storage, run_name: str, precisions: tuple[str, ...] 
     if not error <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX parity failed: max abs error {error:.3e} > {PARITY_TOLERANCE:g}")
     prefix = export_prefix(run.prefix, cfg.tier, ratio)
-    unknown = set(quantize) - {"int8"}
+    unknown = set(quantize) - set(QUANTIZATIONS)
     if unknown:
-        raise ExportError(f"quantization {sorted(unknown)}: ONNX export quantizes to int8 (FP8 needs TensorRT on a GPU)")
-    quantized = {"int8": quantize_gated(model, cfg, onnx, calibration, max_psnr_drop_db, min_fidelity_db, log)
-                 } if quantize else {}  # before any write
+        raise ExportError(f"quantization {sorted(unknown)}: export quantizes to {' or '.join(QUANTIZATIONS)}")
+    if "fp8" in quantize:
+        from .quantize import fp8_unavailable
+
+        reason = fp8_unavailable()
+        if reason:
+            raise ExportError(f"FP8 needs a TensorRT engine on an FP8 GPU, and here: {reason}. Nothing was written; "
+                              "export with --quantize int8, or on such a GPU")
+    quantized = {precision: quantize_gated(model, cfg, onnx, calibration, max_psnr_drop_db, min_fidelity_db, log,
+                                           precision) for precision in quantize}  # before any write
     files = {"onnx": {"key": f"{prefix}/student.onnx", "sha256": _sha256(onnx), "bytes": len(onnx),
                       "precision": "fp32", "opset": OPSET}}
     storage.write_bytes(files["onnx"]["key"], onnx)
-    for precision, (data, cost) in quantized.items():
+    engines = {}
+    for precision, (artefacts, cost) in quantized.items():
+        data = artefacts["onnx"]
         files[f"onnx_{precision}"] = {"key": f"{prefix}/student.{precision}.onnx", "sha256": _sha256(data),
                                       "bytes": len(data), "precision": precision, "format": "QDQ", "opset": OPSET}
         storage.write_bytes(files[f"onnx_{precision}"]["key"], data)
+        if "engine" in artefacts:
+            engines[precision] = artefacts["engine"]
     skipped = tensorrt_unavailable()
     tensorrt = {"skipped": skipped} if skipped else {}
+    for precision, engine in engines.items():  # the FP8 engine, built and scored by quantize_gated
+        key = f"{prefix}/student.{precision}.engine"
+        storage.write_bytes(key, engine)
+        tensorrt[precision] = {"key": key, "sha256": _sha256(engine), "bytes": len(engine),
+                               "device": torch.cuda.get_device_name(0), "from": files[f"onnx_{precision}"]["key"]}
     if skipped:
         log(f"TensorRT export skipped: {skipped}")
     else:
@@ -284,33 +305,49 @@ def calibration_windows(cfg, sequences: int = 2, frames: int = 16) -> list[dict]
 
 def quantize_gated(model, cfg, onnx: bytes, calibration: list[dict] | None = None,
                    max_psnr_drop_db: float = MAX_PSNR_DROP_DB, min_fidelity_db: float = MIN_FIDELITY_DB,
-                   log=print) -> tuple[bytes, dict]:
-    """(QDQ INT8 model bytes, its measured cost: quantize.quality_cost) of the fp32 export `onnx` of `model`,
+                   log=print, precision: str = "int8") -> tuple[dict, dict]:
+    """({"onnx": QDQ model bytes[, "engine": TensorRT engine bytes]}, its measured cost: quantize.quality_cost) of
+    the fp32 export `onnx` of `model` at `precision`: int8 (ONNX Runtime) or fp8 (E4M3 through TensorRT; GPU only),
     calibrated on `calibration` windows (default: frames of the training distribution, 2 sequences, never the
-    held-out ones) and scored on held-out sequences. Raises ExportError when its steady-state PSNR drops by more
-    than `max_psnr_drop_db` or its fidelity to the fp32 output is under `min_fidelity_db`."""
+    held-out ones) and scored on held-out sequences against the fp32 export in ONNX Runtime. Raises ExportError
+    when its steady-state PSNR drops by more than `max_psnr_drop_db` or its fidelity to the fp32 output is under
+    `min_fidelity_db`."""
     from .evaluate import heldout_sequences
-    from .quantize import calibration_feeds, quality_cost, quantize_int8
+    from .quantize import calibration_feeds, quality_cost, quantize_fp8, quantize_int8
+    from .serving.backends import OnnxRuntimeBackend, TensorRTBackend
 
     calibration = calibration_windows(cfg) if calibration is None else calibration
     feeds = calibration_feeds([step for window in calibration for step in frame_steps(model, window, cfg.data.ratio)])
-    int8 = quantize_int8(onnx, feeds)
-    cost = quality_cost(onnx, int8, heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames)))
+    if precision == "int8":
+        artefacts = {"onnx": quantize_int8(onnx, feeds)}
+        backend, ops = OnnxRuntimeBackend(artefacts["onnx"], threads=1), "Conv, MatMul, Gemm"
+    elif precision == "fp8":
+        quantized = quantize_fp8(onnx, feeds)
+        engine = build_tensorrt_engine(quantized, "fp8", TIERS[cfg.tier].input_size, cfg.data.ratio)
+        artefacts, backend, ops = {"onnx": quantized, "engine": engine}, TensorRTBackend(engine), "Conv"
+    else:
+        raise ExportError(f"quantization {precision!r}: export quantizes to {' or '.join(QUANTIZATIONS)}")
+    cost = quality_cost(OnnxRuntimeBackend(onnx, threads=1), backend,
+                        heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames)), precision)
     cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_psnr_drop_db, min_fidelity_db=min_fidelity_db,
-                quantized_ops="Conv, MatMul, Gemm")
-    log(f"INT8 (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost['int8']['psnr_rgb']:.3f} dB vs fp32 "
+                quantized_ops=ops, timing_includes={"fp32": OnnxRuntimeBackend.timing_includes,
+                                                    precision: backend.timing_includes})
+    name = precision.upper()
+    speed = (f"one ONNX Runtime thread ({cost['speedup']:.2f}x)" if cost["speedup"] is not None else
+             f"{cost['backends'][precision]} vs {cost['backends']['fp32']}")
+    log(f"{name} (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost[precision]['psnr_rgb']:.3f} dB vs fp32 "
         f"{cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), FLIP {cost['flip_delta']:+.4f}, "
-        f"fidelity to fp32 {cost['fidelity_db']:.1f} dB, {cost['ms_per_step']['int8']:.2f} vs "
-        f"{cost['ms_per_step']['fp32']:.2f} ms per step on one ONNX Runtime thread ({cost['speedup']:.2f}x)")
-    advice = "Calibrate on frames like the ones it will see, or export without --quantize"
+        f"fidelity to fp32 {cost['fidelity_db']:.1f} dB, {cost['ms_per_step'][precision]:.2f} vs "
+        f"{cost['ms_per_step']['fp32']:.2f} ms per step on {speed}")
+    advice = f"Calibrate on frames like the ones it will see, or export without --quantize {precision}"
     if -cost["psnr_delta_db"] > max_psnr_drop_db:
-        raise ExportError(f"the INT8 model loses {-cost['psnr_delta_db']:.3f} dB of steady-state PSNR against fp32 "
+        raise ExportError(f"the {name} model loses {-cost['psnr_delta_db']:.3f} dB of steady-state PSNR against fp32 "
                           f"(bound {max_psnr_drop_db:g} dB): refused, nothing was written. {advice}")
     if cost["fidelity_db"] < min_fidelity_db:
-        raise ExportError(f"the INT8 model's output strays from the fp32 model's: fidelity {cost['fidelity_db']:.1f} "
+        raise ExportError(f"the {name} model's output strays from the fp32 model's: fidelity {cost['fidelity_db']:.1f} "
                           f"dB < {min_fidelity_db:g} dB (steady-state PSNR {cost['psnr_delta_db']:+.3f} dB against "
                           f"fp32's, so it is not the model that was validated): refused, nothing was written. {advice}")
-    return int8, cost
+    return artefacts, cost
 
 
 def _last_step(record: dict) -> int | None:

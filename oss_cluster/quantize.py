@@ -7,7 +7,7 @@
 The network's convolutions and matrix products are quantized (per-channel int8 weights, uint8 activations,
 QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around them (resampling,
 history blending, whose weights reach 16) stays fp32: 8 bits cannot hold a history weight and its colour.
-Both models are then scored by the evaluation's own code (evaluate.scoring.score with OnnxMethod: whole held-out
+Both models are then scored by the evaluation's own code (evaluate.scoring.score with BackendMethod: whole held-out
 sequences from the first frame, each fed its own history, steady state from frame 8, border crop 4). Export refuses
 an INT8 model whose PSNR against the ground truth drops by more than a bound, or whose output strays from the fp32
 model's (its fidelity: PSNR of the INT8 output against the fp32 output, steady state) below a floor: a short-trained
@@ -116,18 +116,58 @@ def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> byte
         return target.read_bytes()
 
 
-def quality_cost(fp32: bytes, quantized: bytes, sequences) -> dict:
-    """Both models streamed through held-out sequences (Windows) by the evaluation's own scoring (`score`, each
-    as an `OnnxMethod`, fed as the Serve endpoint feeds it): steady-state PSNR RGB and FLIP of each, the deltas
-    (quantized - fp32), the fidelity (dB: mean steady-state PSNR of the quantized output against the fp32 output,
-    each on its own history) and each one's median ms per step on one ONNX Runtime thread."""
-    from .evaluate.methods import OnnxMethod
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) on
+
+
+def fp8_unavailable() -> str | None:
+    """None when an FP8 (E4M3) TensorRT engine can be built here, else why not."""
+    from .export import tensorrt_unavailable
+
+    reason = tensorrt_unavailable()
+    if reason:
+        return reason
+    capability = torch.cuda.get_device_capability(0)
+    if capability < FP8_MIN_CAPABILITY:
+        return (f"{torch.cuda.get_device_name(0)} has compute capability {capability[0]}.{capability[1]}; FP8 tensor "
+                f"cores need {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or later (Ada, Hopper)")
+    try:
+        import modelopt.onnx.quantization  # noqa: F401
+    except ImportError:
+        return "NVIDIA ModelOpt is not installed (pip install 'nvidia-modelopt[onnx]'), which writes the FP8 QDQ graph"
+    return None
+
+
+def quantize_fp8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> bytes:
+    """An FP8 (E4M3) QDQ model of `onnx` for TensorRT (NVIDIA ModelOpt, max calibration on `calibration`, one input
+    dict per step): the convolutions quantized, everything else kept fp32 as in the INT8 model. GPU only
+    (`fp8_unavailable`)."""
+    from modelopt.onnx.quantization import quantize
+
+    from .export import INPUT_NAMES
+
+    # Steps stacked along the batch: each row is one step with its own history.
+    data = {name: np.concatenate([feed[name] for feed in calibration]) for name in INPUT_NAMES}
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder, "fp32.onnx"), Path(folder, "fp8.onnx")
+        source.write_bytes(onnx)
+        quantize(str(source), quantize_mode="fp8", calibration_data=data, calibration_method="max",
+                 op_types_to_quantize=["Conv"], high_precision_dtype="fp32", output_path=str(target))
+        return target.read_bytes()
+
+
+def quality_cost(fp32, quantized, sequences, precision: str = "int8") -> dict:
+    """Two serving backends (serving/backends.py: the fp32 export and its `precision` version) streamed through
+    held-out sequences (Windows) by the evaluation's own scoring (`score` with `BackendMethod`, fed as the Serve
+    endpoint feeds them): steady-state PSNR RGB and FLIP of each, the deltas (quantized - fp32), the fidelity (dB:
+    mean steady-state PSNR of the quantized output against the fp32 output, each on its own history), and each
+    one's backend and median ms per step (the speed-up only where both ran on the same backend)."""
+    from .evaluate.methods import BackendMethod
     from .evaluate.scoring import EVAL_BORDER, STEADY_FROM, score
     from .metrics import psnr
 
-    class Timed(OnnxMethod):
-        def __init__(self, onnx: bytes):
-            super().__init__(onnx, threads=1)
+    class Timed(BackendMethod):
+        def __init__(self, backend):
+            super().__init__(backend)
             self.ms: list[float] = []
 
         def step(self, frame, state, out_size):
@@ -140,16 +180,17 @@ def quality_cost(fp32: bytes, quantized: bytes, sequences) -> dict:
 
     def compare(index, k, outputs, gt):
         if k >= STEADY_FROM:
-            fidelity.append(psnr(outputs["int8"], outputs["fp32"], EVAL_BORDER))
+            fidelity.append(psnr(outputs[precision], outputs["fp32"], EVAL_BORDER))
 
-    methods = {"fp32": Timed(fp32), "int8": Timed(quantized)}
+    methods = {"fp32": Timed(fp32), precision: Timed(quantized)}
     summary, _ = score(methods, sequences, on_frame=compare)
     if not summary["steady_frames"]:
         raise ValueError(f"no steady-state frames (sequences shorter than {summary['steady_from'] + 1} frames)")
     scores = {label: {"psnr_rgb": summary[label]["psnr_rgb"], "flip": summary[label]["flip"],
                       "frames": summary["steady_frames"]} for label in methods}
     speed = {label: statistics.median(method.ms) for label, method in methods.items()}
-    return {**scores, "psnr_delta_db": scores["int8"]["psnr_rgb"] - scores["fp32"]["psnr_rgb"],
-            "flip_delta": scores["int8"]["flip"] - scores["fp32"]["flip"], "fidelity_db": statistics.mean(fidelity),
-            "border_crop": summary["border_crop"],
-            "ms_per_step": speed, "speedup": speed["fp32"] / speed["int8"]}
+    backends = {label: method.backend.name for label, method in methods.items()}
+    return {**scores, "psnr_delta_db": scores[precision]["psnr_rgb"] - scores["fp32"]["psnr_rgb"],
+            "flip_delta": scores[precision]["flip"] - scores["fp32"]["flip"], "fidelity_db": statistics.mean(fidelity),
+            "border_crop": summary["border_crop"], "ms_per_step": speed, "backends": backends,
+            "speedup": speed["fp32"] / speed[precision] if backends["fp32"] == backends[precision] else None}

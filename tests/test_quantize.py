@@ -36,9 +36,10 @@ def test_a_bad_calibration_is_refused_and_a_good_one_passes(steering_student):
 
     model, cfg, onnx, windows = steering_student
     lines: list[str] = []
-    int8, cost = quantize_gated(model, cfg, onnx, windows, log=lines.append)
+    artefacts, cost = quantize_gated(model, cfg, onnx, windows, log=lines.append)
     assert cost["fidelity_db"] >= MIN_FIDELITY_DB and -cost["psnr_delta_db"] <= cost["max_psnr_drop_db"]
-    assert int8 != onnx and "fidelity to fp32" in lines[-1]
+    assert artefacts["onnx"] != onnx and "fidelity to fp32" in lines[-1]
+    assert cost["backends"] == {"fp32": "onnxruntime", "int8": "onnxruntime"} and cost["speedup"] > 0
 
     in_code_values = [{**w, "lr": w["lr"] * 255, "gt": w["gt"] * 255} for w in windows]
     with pytest.raises(ExportError, match="strays from the fp32 model's: fidelity") as refused:

@@ -64,13 +64,12 @@ class ModelMethod:
         return {}
 
 
-class OnnxMethod:
-    """An exported student through ONNX Runtime, fed exactly what the Serve endpoint feeds it."""
+class BackendMethod:
+    """An exported student through a serving backend (serving/backends.py: ONNX Runtime or a TensorRT engine), fed
+    exactly what the Serve endpoint feeds it."""
 
-    def __init__(self, onnx: bytes, threads: int = 1):
-        from ..serving.backends import OnnxRuntimeBackend
-
-        self.backend = OnnxRuntimeBackend(onnx, threads)
+    def __init__(self, backend):
+        self.backend = backend
 
     def step(self, frame: dict, state, out_size):
         numpy = {key: frame[key].detach().float().cpu().numpy() for key in FRAME_KEYS}
@@ -81,6 +80,15 @@ class OnnxMethod:
 
     def sequence_metrics(self) -> dict:
         return {}
+
+
+class OnnxMethod(BackendMethod):
+    """An exported student through ONNX Runtime."""
+
+    def __init__(self, onnx: bytes, threads: int = 1):
+        from ..serving.backends import OnnxRuntimeBackend
+
+        super().__init__(OnnxRuntimeBackend(onnx, threads))
 
 
 def anchors() -> dict:

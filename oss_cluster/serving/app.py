@@ -53,6 +53,9 @@ class TierServeConfig(Section):
     model: str | None = None  # without a manifest: an untrained student (development only)
     ratio: PositiveFloat = 1.5  # output/input per axis for an untrained student (a manifest carries its own)
     replicas: PositiveInt = 1
+    # auto: the fp16 TensorRT engine where one can run, else fp32 ONNX; or fp32 | int8 (the export's QDQ model) |
+    # fp16 | fp8 (TensorRT engines); what the replica cannot run is an error naming what the manifest has
+    precision: Literal["auto", "fp32", "int8", "fp16", "fp8"] = "auto"
     num_cpus: PositiveFloat = 1.0
     # GPUs per replica; auto: 1 where the tier's target nodes (tier_<tier>) have a GPU, so TensorRT can run there
     num_gpus: Literal["auto"] | float = Field("auto", union_mode="left_to_right")
@@ -103,7 +106,7 @@ def _load(tier: str, tier_cfg: TierServeConfig, app_cfg: ServeAppConfig):
         raise ConfigError(f"tiers.{tier}: give manifest (an export) or model (an untrained student)")
     if manifest["tier"] != tier:
         raise ConfigError(f"tiers.{tier}: the export is for tier {manifest['tier']!r}")
-    return manifest, load_backend(manifest, storage, app_cfg.backend, app_cfg.threads)
+    return manifest, load_backend(manifest, storage, app_cfg.backend, app_cfg.threads, tier_cfg.precision)
 
 
 @serve.deployment
@@ -124,6 +127,7 @@ class Upscaler:
 
     def info(self) -> dict:
         return {"tier": self.tier, "ratio": self.ratio, "backend": self.backend.name,
+                "precision": self.backend.precision,
                 "backend_version": self.backend.version, "model": self.manifest["model"],
                 "source_run": self.manifest.get("source_run"), "source_step": self.manifest.get("source_step"),
                 "onnx_sha256": self.manifest["files"]["onnx"].get("sha256"), "frames_served": self.frames,

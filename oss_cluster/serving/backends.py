@@ -16,6 +16,7 @@ from ..tiers import scaled_size
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precision = "fp32"  # load_backend sets int8 for the QDQ model
     timing_includes = "the run on the CPU (no device copies)"  # what a run's time covers
 
     def __init__(self, onnx: bytes, threads: int = 1):
@@ -36,6 +37,7 @@ class TensorRTBackend:
     """A deserialized TensorRT engine run on the current CUDA device through torch tensors."""
 
     name = "tensorrt"
+    precision = "fp16"  # load_backend sets the engine's
     timing_includes = "host-to-device copies of the inputs, the engine, and device-to-host copies of the outputs"
 
     def __init__(self, engine: bytes):
@@ -68,19 +70,39 @@ class TensorRTBackend:
         return tuple(outputs[name].cpu().numpy() for name in OUTPUT_NAMES)
 
 
-def load_backend(manifest: dict, storage: Storage | None, prefer: str = "auto", threads: int = 1):
-    """The backend for an exported student: TensorRT when the manifest has an engine and this worker can
-    run it (prefer 'auto' or 'tensorrt'), else ONNX Runtime. Files are checked against their sha256."""
+def load_backend(manifest: dict, storage: Storage | None, prefer: str = "auto", threads: int = 1,
+                 precision: str = "auto"):
+    """The backend for an exported student, its files checked against their sha256.
+
+    precision auto: the fp16 TensorRT engine (else the manifest's first) when the manifest has one and this worker
+    can run it (prefer 'auto' or 'tensorrt'), else the fp32 ONNX model in ONNX Runtime. A named precision picks that
+    engine (fp16, int8, fp8) or ONNX model (fp32, or int8: the QDQ model of `export --quantize int8`), and is an
+    error naming what the manifest has when neither can run here. The backend's `precision` says which it is."""
     engines = {k: v for k, v in manifest.get("tensorrt", {}).items() if isinstance(v, dict)}
-    if prefer in ("auto", "tensorrt") and engines and tensorrt_unavailable() is None:
-        entry = engines.get("fp16") or next(iter(engines.values()))
-        return TensorRTBackend(verified_bytes(storage, entry))
+    tensorrt_reason = tensorrt_unavailable()
+    if prefer in ("auto", "tensorrt") and engines and tensorrt_reason is None:
+        chosen = ("fp16" if "fp16" in engines else next(iter(engines))) if precision == "auto" else precision
+        if chosen in engines:
+            backend = TensorRTBackend(verified_bytes(storage, engines[chosen]))
+            backend.precision = chosen
+            return backend
     if prefer == "tensorrt":
-        why = tensorrt_unavailable() or "the manifest lists no TensorRT engine"
+        why = tensorrt_reason or (f"the manifest has no {precision} engine (it has: {', '.join(engines) or 'none'})"
+                                  if engines else "the manifest lists no TensorRT engine")
         raise RuntimeError(f"backend 'tensorrt' requested but unavailable: {why}")
-    onnx = manifest["files"]["onnx"]
-    data = verified_bytes(storage, onnx) if storage is not None else onnx["data"]
-    return OnnxRuntimeBackend(data, threads)
+    key = {"auto": "onnx", "fp32": "onnx", "int8": "onnx_int8"}.get(precision)
+    if key is None or key not in manifest["files"]:
+        onnx_models = [entry.get("precision", name) for name, entry in manifest["files"].items()]
+        reason = ("the manifest has no INT8 ONNX model (export with --quantize int8)" if key else
+                  f"{precision} runs only as a TensorRT engine"
+                  f"{': ' + tensorrt_reason if tensorrt_reason else ' and the manifest has none for it'}")
+        raise RuntimeError(f"precision {precision!r}: {reason}; ONNX models in the manifest: {', '.join(onnx_models)}, "
+                           f"TensorRT engines: {', '.join(engines) or 'none'}")
+    entry = manifest["files"][key]
+    data = verified_bytes(storage, entry) if storage is not None else entry["data"]
+    backend = OnnxRuntimeBackend(data, threads)
+    backend.precision = "int8" if key == "onnx_int8" else "fp32"
+    return backend
 
 
 def untrained_manifest(model_name: str, ratio: float) -> dict:

@@ -148,6 +148,7 @@ def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing
 
     import onnx
     import onnxruntime
+    import torch
 
     from oss_cluster.export import ExportError, export_student
 
@@ -165,9 +166,18 @@ def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing
     assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # QDQ
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == INPUT_NAMES
+    served = load_backend(manifest, storage, precision="int8")  # what a Serve tier with precision: int8 runs
+    assert served.precision == "int8" and served.name == "onnxruntime"
+    with pytest.raises(RuntimeError, match="precision 'fp8': fp8 runs only as a TensorRT engine"):
+        load_backend(manifest, storage, precision="fp8")
 
     before = {key: storage.size(key) for key in storage.list("")}
     with pytest.raises(ExportError, match="refused, nothing was written"):
         # A bound no quantized model can meet (it must gain a decibel): the gate, and that it writes nothing.
         export_student(storage, str(student), quantize=("int8",), max_psnr_drop_db=-1.0, log=lambda line: None)
+    assert {key: storage.size(key) for key in storage.list("")} == before
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(ExportError, match=r"FP8 needs a TensorRT engine on an FP8 GPU, and here: no CUDA GPU"):
+        export_student(storage, str(student), quantize=("fp8",), log=lambda line: None)  # refused before writing
     assert {key: storage.size(key) for key in storage.list("")} == before
