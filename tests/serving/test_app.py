@@ -395,3 +395,24 @@ def test_tokens_scope_sessions_and_a_mixed_load_leaves_valid_streams_exact(endpo
         assert get_json(endpoint, "/v1/models")["models"][0]["pid"] == before  # no replica restarted
     finally:
         serve.delete("oss-secure")
+
+
+def test_a_1920x1080_frame_at_the_standard_tier_comes_back_2560x1440(endpoint):
+    """The standard tier's ratio (1.333, i.e. 4/3) from its full render size gives its display size exactly, over
+    HTTP through a real replica of the (untrained) standard student: a raw frame in, a raw frame out."""
+    from ray import serve
+
+    from oss_cluster.serving.app import build_app
+
+    serve.run(build_app({"tiers": {"standard": {"model": "student_standard", "ratio": 1.333, "num_cpus": 0.25}},
+                         "max_pixels": 1920 * 1080}), name="oss-standard", route_prefix="/standard")
+    try:
+        rng = np.random.default_rng(0)
+        frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8).tobytes()
+        status, headers, data = post(endpoint + "/standard", frame, {
+            "Content-Type": "application/octet-stream", "X-Width": "1920", "X-Height": "1080", "X-Format": "rgb8",
+            "Accept": "application/octet-stream", "X-Tier": "standard"})
+        assert status == 200, data[:300]
+        assert (headers["x-width"], headers["x-height"]) == ("2560", "1440") and len(data) == 2560 * 1440 * 3
+    finally:
+        serve.delete("oss-standard")
