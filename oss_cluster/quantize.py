@@ -1,7 +1,7 @@
 """INT8 static quantization of an exported student, with its measured quality cost, and quantization-aware training.
 
-    int8 = quantize_int8(onnx, calibration_feeds(steps))   # a QDQ ONNX model
-    cost = quality_cost(onnx, int8, sequences)              # PSNR / FLIP of each, streamed, and the deltas
+    int8 = quantize_int8(onnx, calibration_feeds(steps))   # a QDQ ONNX model (quantize_fp8: FP8, for TensorRT)
+    cost = quality_cost(OnnxRuntimeBackend(onnx), OnnxRuntimeBackend(int8), sequences)  # PSNR / FLIP, the deltas
     quantization_aware(student)                             # train it seeing what the INT8 model will compute
 
 The network's convolutions and matrix products are quantized (per-channel int8 weights, uint8 activations,
@@ -74,9 +74,9 @@ class FakeQuantConv2d(nn.Conv2d):
 def quantization_aware(model: nn.Module) -> nn.Module:
     """Make every nn.Conv2d of `model` compute as the INT8 QDQ export will (`quantize_int8`): its weights rounded to
     int8 per output channel (symmetric), its input and its output to uint8 per tensor over the ranges seen in
-    training (running min/max, as the export calibrates), gradients passed straight through the rounding. Returns the model, changed in place; its parameters
-    and state dict are unchanged (the ranges are not saved: export calibrates its own), so checkpoints load into
-    a plain student. Matrix products: the students have none."""
+    training (running min/max, as the export calibrates), gradients passed straight through the rounding. Returns
+    the model, changed in place; its parameters and state dict are unchanged (the ranges are not saved: export
+    calibrates its own), so checkpoints load into a plain student. Matrix products: the students have none."""
     for module in model.modules():
         if type(module) is nn.Conv2d:
             module.__class__ = FakeQuantConv2d

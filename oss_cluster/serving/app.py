@@ -44,7 +44,7 @@ from ..config import ConfigError, Section, StorageConfig, TierName
 from ..models.accumulate import HISTORY_CHANNELS
 from ..storage import storage_from_config
 from ..tiers import scaled_size
-from .codec import (REPLY_FORMATS, RequestError, decode_frame, decode_plane, decode_raw_body, encode_png,
+from .codec import (PLANES, REPLY_FORMATS, RequestError, decode_body, decode_frame, decode_plane, encode_png,
                     parse_jitter, to_reply_pixels)
 
 
@@ -393,13 +393,12 @@ class Gateway:
     async def _decode(self, request: Request, body: bytes) -> dict:
         content_type = request.headers.get("Content-Type", "")
         headers = request.headers
-        motion = depth = None
         if content_type.startswith("multipart/form-data"):
             try:
                 form = await request.form(max_files=3, max_fields=3, max_part_size=self.cfg.body_limit)
             except Exception as err:
                 raise RequestError(400, f"malformed multipart body: {err}") from None
-            known = {"frame", "motion", "depth"}
+            known = {"frame", *PLANES}
             unknown = set(form.keys()) - known
             if unknown:
                 raise RequestError(400, f"unknown form fields {sorted(unknown)} (known: frame, motion, depth)")
@@ -408,24 +407,19 @@ class Gateway:
             part = form["frame"]
             data = await part.read()
             lr = await asyncio.to_thread(decode_frame, part.content_type or "", data, headers, self.cfg.max_pixels)
-            size = lr.shape[-2:]
-            for name in ("motion", "depth"):
+            planes = {}
+            for name in PLANES:
                 if name in form:
                     if not hasattr(form[name], "read"):
                         raise RequestError(400, f"{name}: must be a file part (raw float32 bytes)")
                     data = await form[name].read()
-                    plane = await asyncio.to_thread(decode_plane, data, name, 2 if name == "motion" else 1, size)
-                    motion, depth = (plane, depth) if name == "motion" else (motion, plane)
-        elif content_type.split(";")[0].strip().lower() == "application/octet-stream" and headers.get("X-Planes"):
-            lr, planes = await asyncio.to_thread(decode_raw_body, body, headers, self.cfg.max_pixels)
-            motion, depth = planes.get("motion"), planes.get("depth")
+                    planes[name] = await asyncio.to_thread(decode_plane, data, name, lr.shape[-2:])
         else:
-            lr = await asyncio.to_thread(decode_frame, content_type, body, headers, self.cfg.max_pixels)
+            lr, planes = await asyncio.to_thread(decode_body, content_type, body, headers, self.cfg.max_pixels)
         h, w = lr.shape[-2:]
-        return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")),
-                "motion": motion if motion is not None else np.zeros((2, h, w), np.float32),
-                "depth": depth if depth is not None else np.zeros((1, h, w), np.float32),
-                "geometry": motion is not None and depth is not None, "session": headers.get("X-Session-Id")}
+        missing = {name: np.zeros((channels, h, w), np.float32) for name, channels in PLANES.items() if name not in planes}
+        return {"lr": lr, "jitter": parse_jitter(headers.get("X-Jitter")), **planes, **missing,
+                "geometry": not missing, "session": headers.get("X-Session-Id")}
 
 
 def build_app(args: dict | None = None):

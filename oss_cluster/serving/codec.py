@@ -96,9 +96,8 @@ def raw_frame_layout(headers, max_pixels: int) -> tuple[int, int, str]:
     return width, height, fmt
 
 
-def decode_raw(data: bytes | memoryview, headers, max_pixels: int) -> np.ndarray:
-    """Raw RGB bytes described by X-Width/X-Height/X-Format -> float32 [3, h, w] in [0, 1]."""
-    width, height, fmt = raw_frame_layout(headers, max_pixels)
+def _raw_pixels(data: bytes | memoryview, width: int, height: int, fmt: str) -> np.ndarray:
+    """Raw RGB bytes of a width x height frame in `fmt` -> float32 [3, h, w] in [0, 1]."""
     dtype, size = FORMATS[fmt]
     expected = width * height * 3 * size
     if len(data) != expected:
@@ -112,15 +111,20 @@ def decode_raw(data: bytes | memoryview, headers, max_pixels: int) -> np.ndarray
     return pixels
 
 
+def decode_raw(data: bytes | memoryview, headers, max_pixels: int) -> np.ndarray:
+    """Raw RGB bytes described by X-Width/X-Height/X-Format -> float32 [3, h, w] in [0, 1]."""
+    return _raw_pixels(data, *raw_frame_layout(headers, max_pixels))
+
+
 def decode_raw_body(data: bytes, headers, max_pixels: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A raw body: the frame, then the planes X-Planes lists -> (lr [3, h, w], {plane name: [channels, h, w]})."""
     listed = [name.strip() for name in headers.get("X-Planes", "").split(",") if name.strip()]
     unknown = [name for name in listed if name not in PLANES]
     if unknown or len(set(listed)) != len(listed):
         raise RequestError(400, f"header X-Planes: {headers.get('X-Planes')!r}: list motion and/or depth, once each")
-    if not listed:
-        return decode_raw(data, headers, max_pixels), {}
     width, height, fmt = raw_frame_layout(headers, max_pixels)
+    if not listed:
+        return _raw_pixels(data, width, height, fmt), {}
     plane_format = headers.get("X-Plane-Format", "f32")
     if plane_format not in PLANE_FORMATS:
         raise RequestError(415, f"header X-Plane-Format: {plane_format!r} is not one of {', '.join(PLANE_FORMATS)}")
@@ -131,16 +135,28 @@ def decode_raw_body(data: bytes, headers, max_pixels: int) -> tuple[np.ndarray, 
         raise RequestError(400, f"body: {len(data)} bytes, but {width}x{height} {fmt} with planes {','.join(listed)} "
                                 f"({plane_format}) needs {parts} = {frame_bytes + sum(sizes)}")
     view = memoryview(data)
-    lr = decode_raw(view[:frame_bytes], headers, max_pixels)
+    lr = _raw_pixels(view[:frame_bytes], width, height, fmt)
     planes, offset = {}, frame_bytes
     for name, size in zip(listed, sizes):
-        planes[name] = decode_plane(view[offset:offset + size], name, PLANES[name], (height, width), plane_format)
+        planes[name] = decode_plane(view[offset:offset + size], name, (height, width), plane_format)
         offset += size
     return lr, planes
 
 
+def decode_body(content_type: str, data: bytes, headers, max_pixels: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A whole (not multipart) body -> (lr [3, h, w], {plane name: [channels, h, w]}): a PNG, or a raw frame with
+    the planes X-Planes lists after it."""
+    if _kind(content_type) == "application/octet-stream" and data:
+        return decode_raw_body(data, headers, max_pixels)
+    return decode_frame(content_type, data, headers, max_pixels), {}
+
+
+def _kind(content_type: str) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
 def decode_frame(content_type: str, data: bytes, headers, max_pixels: int) -> np.ndarray:
-    kind = (content_type or "").split(";")[0].strip().lower()
+    kind = _kind(content_type)
     if not data:
         raise RequestError(400, "frame: empty body")
     if kind == "image/png":
@@ -154,12 +170,11 @@ def decode_frame(content_type: str, data: bytes, headers, max_pixels: int) -> np
                             "(raw, with X-Width/X-Height/X-Format) or multipart/form-data")
 
 
-def decode_plane(data: bytes | memoryview, name: str, channels: int, size: tuple[int, int],
-                 plane_format: str = "f32") -> np.ndarray:
-    """A raw H x W x channels plane (little-endian float32, or float16 with plane_format f16) -> float32
-    [channels, h, w]; size is the frame's (h, w)."""
+def decode_plane(data: bytes | memoryview, name: str, size: tuple[int, int], plane_format: str = "f32") -> np.ndarray:
+    """A raw H x W x channels plane `name` (motion: 2 channels, depth: 1; little-endian float32, or float16 with
+    plane_format f16) -> float32 [channels, h, w]; size is the frame's (h, w)."""
     h, w = size
-    dtype = PLANE_FORMATS[plane_format]
+    channels, dtype = PLANES[name], PLANE_FORMATS[plane_format]
     expected = h * w * channels * dtype.itemsize
     if len(data) != expected:
         raise RequestError(422, f"{name}: {len(data)} bytes, but the {w}x{h} frame needs {expected} "

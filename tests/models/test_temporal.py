@@ -5,7 +5,7 @@ from oss_cluster.cost.flops import step_inputs
 from oss_cluster.models import build_model
 from oss_cluster.models.accumulate import HISTORY_CHANNELS
 from oss_cluster.models.temporal import (
-    TIE_EPS, derive_disocclusion, gather_subgrid, jitter_resample, nearest_taps, run_window, subpixel_offset,
+    TIE_EPS, _output_grid, derive_disocclusion, gather_subgrid, jitter_resample, nearest_taps, run_window, subpixel_offset,
     warp_previous,
 )
 
@@ -32,10 +32,7 @@ def test_warp_respects_disocclusion():
 def grid_sample_reference(image, jitter, out_size, mode):
     """What jitter_resample computed before it was made separable: grid_sample at the jittered output centres."""
     batch, _, h, w = image.shape
-    height, width = out_size
-    ys = (torch.arange(height) + 0.5) / height * 2 - 1
-    xs = (torch.arange(width) + 0.5) / width * 2 - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(batch, height, width, 2)
+    grid = _output_grid(batch, out_size, image.device)  # the warp's own output-centre grid
     jitter = jitter + TIE_EPS if mode == "nearest" else jitter
     shift = torch.stack([jitter[:, 0] * 2 / w, jitter[:, 1] * 2 / h], dim=-1)
     return torch.nn.functional.grid_sample(image, grid - shift[:, None, None, :], mode=mode, padding_mode="border",
