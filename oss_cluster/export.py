@@ -9,7 +9,8 @@ Artefacts go to the run's storage under runs/<name>/exports/<tier>-x<ratio>/:
                           output [B,3,H,W] and history [B,4,H,W] (the stream's history: feed `history`
                           and this frame's depth back as `previous` and `previous_depth` with the next
                           frame; zeros start a stream)
-    student.int8.onnx     with quantize=("int8",): the QDQ INT8 model (quantize.py), when its PSNR cost is in bounds
+    student.int8.onnx     with quantize=("int8",): the QDQ INT8 model (quantize.py), when its PSNR cost is in bounds;
+                          the manifest's quantized.int8 records its format and the CPU its cost was measured on
     student.<p>.engine    TensorRT engine at precision p (fp16, int8), only on a GPU with tensorrt
     manifest.json         tier, ratio, input size, precision, source run and checkpoint, sha256 of each
                           file, the ONNX Runtime parity on real frames, why TensorRT was skipped
@@ -313,7 +314,8 @@ def quantize_gated(model, cfg, onnx: bytes, calibration: list[dict] | None = Non
     when its steady-state PSNR drops by more than `max_psnr_drop_db` or its fidelity to the fp32 output is under
     `min_fidelity_db`."""
     from .evaluate import heldout_sequences
-    from .quantize import calibration_feeds, quality_cost, quantize_fp8, quantize_int8
+    from .quantize import (INT8_FORMAT, INT8_VARIANT, calibration_feeds, cpu_int8_features, quality_cost,
+                           quantize_fp8, quantize_int8)
     from .serving.backends import OnnxRuntimeBackend, TensorRTBackend
 
     calibration = calibration_windows(cfg) if calibration is None else calibration
@@ -321,24 +323,31 @@ def quantize_gated(model, cfg, onnx: bytes, calibration: list[dict] | None = Non
     if precision == "int8":
         artefacts = {"onnx": quantize_int8(onnx, feeds)}
         backend, ops = OnnxRuntimeBackend(artefacts["onnx"], threads=1), "Conv, MatMul, Gemm"
+        # The format, and the CPU the gate measured on (its figures hold on any CPU: see INT8_FORMAT's why).
+        described = {"format": {"variant": INT8_VARIANT, **INT8_FORMAT},
+                     "measured_on": {**cpu_int8_features(), "onnxruntime": backend.version}}
     elif precision == "fp8":
         quantized = quantize_fp8(onnx, feeds)
         engine = build_tensorrt_engine(quantized, "fp8", TIERS[cfg.tier].input_size, cfg.data.ratio)
         artefacts, backend, ops = {"onnx": quantized, "engine": engine}, TensorRTBackend(engine), "Conv"
+        described = {"format": {"format": "QDQ", "type": "FP8 E4M3 (NVIDIA ModelOpt, max calibration)"},
+                     "measured_on": {"gpu": torch.cuda.get_device_name(0), "tensorrt": backend.version}}
     else:
         raise ExportError(f"quantization {precision!r}: export quantizes to {' or '.join(QUANTIZATIONS)}")
     cost = quality_cost(OnnxRuntimeBackend(onnx, threads=1), backend,
                         heldout_sequences(cfg, frames=max(16, cfg.train.eval_frames)), precision)
     cost.update(calibration_frames=len(feeds), max_psnr_drop_db=max_psnr_drop_db, min_fidelity_db=min_fidelity_db,
                 quantized_ops=ops, timing_includes={"fp32": OnnxRuntimeBackend.timing_includes,
-                                                    precision: backend.timing_includes})
+                                                    precision: backend.timing_includes}, **described)
     name = precision.upper()
     speed = (f"one ONNX Runtime thread ({cost['speedup']:.2f}x)" if cost["speedup"] is not None else
              f"{cost['backends'][precision]} vs {cost['backends']['fp32']}")
-    log(f"{name} (QDQ, {len(feeds)} calibration frames): steady-state PSNR {cost[precision]['psnr_rgb']:.3f} dB vs fp32 "
-        f"{cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), FLIP {cost['flip_delta']:+.4f}, "
+    variant = described["format"].get("variant", "e4m3")
+    log(f"{name} (QDQ {variant}, {len(feeds)} calibration frames): steady-state PSNR "
+        f"{cost[precision]['psnr_rgb']:.3f} dB vs fp32 {cost['fp32']['psnr_rgb']:.3f} ({cost['psnr_delta_db']:+.3f} dB), "
+        f"FLIP {cost['flip_delta']:+.4f}, "
         f"fidelity to fp32 {cost['fidelity_db']:.1f} dB, {cost['ms_per_step'][precision]:.2f} vs "
-        f"{cost['ms_per_step']['fp32']:.2f} ms per step on {speed}")
+        f"{cost['ms_per_step']['fp32']:.2f} ms per step on {speed}; measured on {_machine(described['measured_on'])}")
     advice = f"Calibrate on frames like the ones it will see, or export without --quantize {precision}"
     if -cost["psnr_delta_db"] > max_psnr_drop_db:
         raise ExportError(f"the {name} model loses {-cost['psnr_delta_db']:.3f} dB of steady-state PSNR against fp32 "
@@ -348,6 +357,11 @@ def quantize_gated(model, cfg, onnx: bytes, calibration: list[dict] | None = Non
                           f"dB < {min_fidelity_db:g} dB (steady-state PSNR {cost['psnr_delta_db']:+.3f} dB against "
                           f"fp32's, so it is not the model that was validated): refused, nothing was written. {advice}")
     return artefacts, cost
+
+
+def _machine(measured_on: dict) -> str:
+    """A GPU's name, or a CPU's int8 features (AVX2/AVX512VNNI), or its name where it has none of them."""
+    return measured_on.get("gpu") or "/".join(measured_on.get("features") or []) or measured_on.get("cpu", "?")
 
 
 def _last_step(record: dict) -> int | None:

@@ -4,9 +4,18 @@
     cost = quality_cost(OnnxRuntimeBackend(onnx), OnnxRuntimeBackend(int8), sequences)  # PSNR / FLIP, the deltas
     quantization_aware(student)                             # train it seeing what the INT8 model will compute
 
-The network's convolutions and matrix products are quantized (per-channel int8 weights, uint8 activations,
-QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around them (resampling,
-history blending, whose weights reach 16) stays fp32: 8 bits cannot hold a history weight and its colour.
+The network's convolutions and matrix products are quantized (INT8_FORMAT: uint8 activations, int8 weights per
+output channel in 7 bits, QDQ format, calibrated by MinMax on real frames run recurrently); the accumulation around
+them (resampling, history blending, whose weights reach 16) stays fp32: 8 bits cannot hold a history weight and its
+colour.
+
+Why 7-bit weights: ONNX Runtime's x86 kernels for uint8 x int8 products on CPUs without VNNI (AVX2, AVX-512BW)
+use VPMADDUBSW, which adds each pair of products in 16 bits and saturates: 2 x 255 x 127 = 64,770 overflows int16
+(32,767), so the model's output depended on the CPU it ran on. Weights within +-64 keep every pair within 2 x 255 x
+64 = 32,640, so those kernels, the VNNI and AMX ones (exact 32-bit sums) and ARM's dot products all compute the same
+integers: the numbers the export gate measured are the numbers any CPU computes (ONNX Runtime's documented remedy,
+reduce_range; its other one, U8U8, has no int8 weights for TensorRT; symmetric int8 activations are turned back
+into uint8 on x86 and saturate the same way: benchmarks/bench_int8_formats.py measures all three).
 Both models are then scored by the evaluation's own code (evaluate.scoring.score with BackendMethod: whole held-out
 sequences from the first frame, each fed its own history, steady state from frame 8, border crop 4). Export refuses
 an INT8 model whose PSNR against the ground truth drops by more than a bound, or whose output strays from the fp32
@@ -28,6 +37,16 @@ import torch
 import torch.nn as nn
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+ACTIVATION_LEVELS = (0, 255)  # uint8, asymmetric per tensor: the calibrated [min, max] (with 0) spread over 0..255
+WEIGHT_LEVELS = (-64, 64)  # int8, symmetric per output channel, 7 bits (ONNX Runtime's reduce_range): see above
+INT8_FORMAT = {
+    "format": "QDQ", "activations": "uint8, asymmetric, per tensor, MinMax calibration",
+    "weights": f"int8, symmetric, per output channel, {WEIGHT_LEVELS[0]}..{WEIGHT_LEVELS[1]} (7 bits, reduce_range)",
+    "why": "every u8 x s8 pair sums within int16 (2 x 255 x 64 = 32640), so CPUs with and without VNNI compute "
+           "the same integers",
+}
+# An x86 CPU emulated without VNNI or AVX-512 (qemu's Haswell model): where U8S8 products saturate.
+EMULATED_AVX2_CPU = "Haswell-noTSX"
 
 
 def _tracked_range(previous: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -42,9 +61,19 @@ def _tracked_range(previous: torch.Tensor | None, x: torch.Tensor) -> torch.Tens
 
 def _fake_quant_uint8(x: torch.Tensor, value_range: torch.Tensor) -> torch.Tensor:
     low, high = value_range.tolist()
-    scale = max(high - low, 1e-8) / 255
-    zero_point = min(255, max(0, round(-low / scale)))
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+    q_min, q_max = ACTIVATION_LEVELS
+    scale = max(high - low, 1e-8) / (q_max - q_min)
+    zero_point = min(q_max, max(q_min, round(q_min - low / scale)))
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, q_min, q_max)
+
+
+def _fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[C_out, ...] weights rounded as the export rounds them: per output channel, symmetric, WEIGHT_LEVELS."""
+    q_min, q_max = WEIGHT_LEVELS
+    absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())))
+    scales = (2 * absmax / (q_max - q_min)).clamp(min=1e-8)  # straight-through: no gradient into the scale
+    return torch.fake_quantize_per_channel_affine(weight, scales, torch.zeros_like(scales, dtype=torch.int32), 0,
+                                                  q_min, q_max)
 
 
 class FakeQuantConv2d(nn.Conv2d):
@@ -59,10 +88,7 @@ class FakeQuantConv2d(nn.Conv2d):
         if tracking:
             with torch.no_grad():
                 self.input_range = _tracked_range(self.input_range, x32)
-        weight = self.weight.float()
-        scales = (weight.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8)  # straight-through: no gradient
-        w_q = torch.fake_quantize_per_channel_affine(
-            weight, scales, torch.zeros_like(scales, dtype=torch.int32), 0, -127, 127)
+        w_q = _fake_quant_weight(self.weight.float())
         out = self._conv_forward(_fake_quant_uint8(x32, self.input_range), w_q, None if self.bias is None
                                  else self.bias.float())
         if tracking:
@@ -72,8 +98,8 @@ class FakeQuantConv2d(nn.Conv2d):
 
 
 def quantization_aware(model: nn.Module) -> nn.Module:
-    """Make every nn.Conv2d of `model` compute as the INT8 QDQ export will (`quantize_int8`): its weights rounded to
-    int8 per output channel (symmetric), its input and its output to uint8 per tensor over the ranges seen in
+    """Make every nn.Conv2d of `model` compute as the INT8 QDQ export will (`quantize_int8`, INT8_FORMAT): its weights
+    rounded per output channel (symmetric, 7 bits), its input and its output to uint8 per tensor over the ranges seen in
     training (running min/max, as the export calibrates), gradients passed straight through the rounding. Returns
     the model, changed in place; its parameters and state dict are unchanged (the ranges are not saved: export
     calibrates its own), so checkpoints load into a plain student. Matrix products: the students have none."""
@@ -90,9 +116,30 @@ def calibration_feeds(steps) -> list[dict[str, np.ndarray]]:
     return [{name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, step)} for step in steps]
 
 
-def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> bytes:
-    """A QDQ INT8 model of `onnx`, its activation ranges taken from `calibration` (one input dict per step)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def _variants():
+    from onnxruntime.quantization import QuantType
+
+    u8, s8 = QuantType.QUInt8, QuantType.QInt8
+    return {  # name: quantize_static's arguments
+        "u8s8-7bit": dict(activation_type=u8, weight_type=s8, reduce_range=True),  # INT8_FORMAT, what export writes
+        "u8s8-8bit": dict(activation_type=u8, weight_type=s8),  # the format before: saturates without VNNI
+        "s8s8-symmetric": dict(activation_type=s8, weight_type=s8, extra_options={"ActivationSymmetric": True}),
+        "u8u8": dict(activation_type=u8, weight_type=u8),
+    }
+
+
+INT8_VARIANT = "u8s8-7bit"
+INT8_VARIANTS = ("u8s8-7bit", "u8s8-8bit", "s8s8-symmetric", "u8u8")  # bench_int8_formats compares them
+
+
+def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]], variant: str = INT8_VARIANT) -> bytes:
+    """A QDQ INT8 model of `onnx`, its activation ranges taken from `calibration` (one input dict per step), in
+    INT8_FORMAT (`variant` u8s8-7bit; the other INT8_VARIANTS are for comparing formats, not for shipping)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    variants = _variants()
+    if variant not in variants:
+        raise ValueError(f"INT8 variant {variant!r}: one of {', '.join(variants)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -108,12 +155,127 @@ def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]]) -> byte
         source, target = Path(folder, "fp32.onnx"), Path(folder, "int8.onnx")
         source.write_bytes(onnx)
         try:
-            quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=QUANTIZED_OPS)
+            quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=QUANTIZED_OPS, **variants[variant])
         finally:
             root.setLevel(level)
-        return target.read_bytes()
+        quantized = target.read_bytes()
+    if variant == INT8_VARIANT:
+        widest = widest_int8_weight(quantized)
+        if widest > WEIGHT_LEVELS[1]:  # the format's whole point: refuse rather than ship CPU-dependent numbers
+            raise RuntimeError(f"the INT8 model has int8 weights up to {widest}, outside {WEIGHT_LEVELS}: this "
+                               "onnxruntime's reduce_range no longer gives 7-bit weights")
+    return quantized
+
+
+def widest_int8_weight(model: bytes) -> int:
+    """Largest |q| of the model's int8 initializers (quantized weights; 0 when it has none)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(model).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    return max((int(np.abs(w.astype(np.int32)).max()) for w in weights if w.size), default=0)
+
+
+CPU_INT8_FEATURES = ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "ASIMD", "ASIMDDP")
+
+
+def cpu_int8_features() -> dict:
+    """The CPU as ONNX Runtime's int8 kernels see it: {"machine", "cpu" (model name), "features" (those of
+    CPU_INT8_FEATURES it has, read by CPUID as numpy's dispatcher reads it, so an emulated CPU reports itself),
+    "int8_products" (how u8 x s8 products are summed there)}. AVX-VNNI and AMX are not among what numpy reads."""
+    import platform
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as detected
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as detected
+    features = [name for name in CPU_INT8_FEATURES if detected.get(name)]
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    if "AVX512VNNI" in features:
+        products = "VNNI: u8 x s8 products summed in 32 bits"
+    elif "AVX2" in features or "AVX512BW" in features:
+        products = "VPMADDUBSW: pairs of u8 x s8 products summed in 16 bits, saturating (exact for 7-bit weights)"
+    elif "ASIMDDP" in features:
+        products = "dot-product instructions: summed in 32 bits"
+    else:
+        products = "widened to 16 bits before multiplying"
+    return {"machine": platform.machine(), "cpu": cpu, "features": features, "int8_products": products}
+
+
+_EMULATED_RUN = """
+import json, pathlib, sys
+import numpy as np, onnxruntime as ort
+from oss_cluster.quantize import cpu_int8_features
+folder = pathlib.Path(sys.argv[1])
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+with np.load(folder / "feeds.npz") as saved:
+    feeds = {key: saved[key] for key in saved.files}
+steps = sorted({int(key.split("/")[0]) for key in feeds})
+for model in sorted(folder.glob("*.onnx")):
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    outputs = {}
+    for i in steps:
+        feed = {key.split("/", 1)[1]: value for key, value in feeds.items() if key.split("/")[0] == str(i)}
+        outputs.update({f"{i}/{j}": out for j, out in enumerate(session.run(None, feed))})
+    np.savez(model.with_suffix(".outputs.npz"), **outputs)
+(folder / "cpu.json").write_text(json.dumps(cpu_int8_features()))
+"""
+
+
+def emulated_cpu_unavailable() -> str | None:
+    """None when ONNX Runtime can run on an emulated x86 CPU here (run_on_emulated_cpu), else why not."""
+    import platform
+    import shutil
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"this machine is {platform.machine()}, and the emulated CPU is x86-64"
+    if shutil.which("qemu-x86_64") is None:
+        return "qemu-x86_64 is not installed (Debian: apt-get install qemu-user)"
+    return None
+
+
+def run_on_emulated_cpu(models: dict[str, bytes], feeds: list[dict[str, np.ndarray]], cpu: str = EMULATED_AVX2_CPU,
+                        timeout_s: float = 900) -> tuple[dict[str, list[list[np.ndarray]]], dict]:
+    """Run each of `models` ({name: ONNX bytes}) with ONNX Runtime (CPU, one thread) on each of `feeds`, in one
+    Python under qemu's user-mode emulation of the x86 CPU model `cpu` (default: an AVX2 CPU without VNNI or
+    AVX-512, where U8S8 products saturate). qemu answers CPUID as that CPU would, so ONNX Runtime picks that
+    CPU's kernels. Returns ({name: outputs per feed}, the emulated CPU's cpu_int8_features). Raises RuntimeError
+    when it cannot (emulated_cpu_unavailable) or the run fails."""
+    import json
+    import subprocess
+    import sys
+
+    reason = emulated_cpu_unavailable()
+    if reason:
+        raise RuntimeError(f"cannot emulate an x86 CPU here: {reason}")
+    with tempfile.TemporaryDirectory() as folder:
+        files = {name: Path(folder, f"model{index}.onnx") for index, name in enumerate(models)}
+        for name, path in files.items():
+            path.write_bytes(models[name])
+        np.savez(Path(folder, "feeds.npz"), **{f"{i}/{name}": value for i, feed in enumerate(feeds)
+                                               for name, value in feed.items()})
+        done = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", _EMULATED_RUN, folder],
+                              capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"ONNX Runtime on the emulated {cpu} CPU failed (exit {done.returncode}): "
+                               f"{done.stderr.strip()[-2000:]}")
+        outputs = {}
+        for name, path in files.items():
+            with np.load(path.with_suffix(".outputs.npz")) as saved:
+                steps: list[list[np.ndarray]] = [[] for _ in feeds]
+                for key in sorted(saved.files, key=lambda k: tuple(int(part) for part in k.split("/"))):
+                    steps[int(key.split("/")[0])].append(saved[key])
+            outputs[name] = steps
+        features = json.loads(Path(folder, "cpu.json").read_text())
+    features["cpu"] = f"qemu's {cpu} model, emulated on {features['cpu']}"  # /proc/cpuinfo shows the host's
+    return outputs, features
 
 
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) on

@@ -12,13 +12,18 @@ PIP=(.venv/bin/pip install --quiet --disable-pip-version-check)
 # instead of letting pip fetch a second torch into an isolated build environment.
 "${PIP[@]}" --no-build-isolation "deepspeed>=0.16"
 "${PIP[@]}" -e ".[dev]"
-# The dashboard's browser test drives Debian's chromium (Playwright uses it as is; nothing is downloaded).
-if ! command -v chromium >/dev/null 2>&1; then
+# System packages the tests drive, from Debian: chromium for the dashboard's browser test (Playwright uses it as
+# is; nothing is downloaded), and on x86-64 qemu-user, whose emulated AVX2 CPU (no VNNI) the INT8 tests run
+# ONNX Runtime on.
+MISSING=()
+command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
+if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null 2>&1; then MISSING+=(qemu-user); fi
+if [ ${#MISSING[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
     if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
-        "${SUDO[@]}" apt-get update -qq && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        "${SUDO[@]}" apt-get update -qq && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
     else
-        echo "bootstrap: chromium is missing and cannot be installed here (needs apt-get as root or sudo);" \
-             "the dashboard browser test will fail until it is installed" >&2
+        echo "bootstrap: ${MISSING[*]} missing and cannot be installed here (needs apt-get as root or sudo);" \
+             "the tests that need them will fail or skip until they are installed" >&2
     fi
 fi

@@ -151,6 +151,7 @@ def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing
     import torch
 
     from oss_cluster.export import ExportError, export_student
+    from oss_cluster.quantize import INT8_FORMAT, INT8_VARIANT, WEIGHT_LEVELS, cpu_int8_features, widest_int8_weight
 
     root, _, student, _ = shipped
     shutil.copytree(Path(root) / "runs" / str(student), tmp_path / "runs" / str(student))
@@ -161,9 +162,13 @@ def test_int8_export_records_its_measured_cost_and_a_failed_bound_writes_nothing
     assert cost["psnr_delta_db"] == pytest.approx(cost["int8"]["psnr_rgb"] - cost["fp32"]["psnr_rgb"])
     assert -cost["psnr_delta_db"] <= 0.2 and cost["ms_per_step"]["int8"] > 0
     assert cost["fidelity_db"] >= cost["min_fidelity_db"] == 48.13
+    # The format, and the CPU the cost was measured on as ONNX Runtime's kernels see it.
+    assert cost["format"]["variant"] == INT8_VARIANT and cost["format"]["weights"] == INT8_FORMAT["weights"]
+    assert cost["measured_on"] == {**cpu_int8_features(), "onnxruntime": onnxruntime.__version__}
     data = verified_bytes(storage, manifest["files"]["onnx_int8"])
     graph = onnx.load_from_string(data)
     assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # QDQ
+    assert widest_int8_weight(data) <= WEIGHT_LEVELS[1]
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == INPUT_NAMES
     served = load_backend(manifest, storage, precision="int8")  # what a Serve tier with precision: int8 runs
