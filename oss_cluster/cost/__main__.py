@@ -12,6 +12,7 @@ from .catalog import CATALOG, CLUSTER, REPO, CostError, load_catalog, load_node_
 from .plan import assumptions, bottom_line, estimate, format_estimate, load_plan
 
 DEFAULT_PLAN = REPO / "cost" / "heavy_multicycle.yaml"
+DEFAULT_RUNS = "./oss-runs"  # where the training jobs keep runs by default (storage.root)
 
 
 def _runs_reader(storage):
@@ -29,8 +30,8 @@ def main(argv=None) -> int:
                        ("memo", "write the cost memo (Markdown)")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--plan", default=str(DEFAULT_PLAN))
-        command.add_argument("--runs", default=None if name == "estimate" else "./oss-runs",
-                             help="storage root of the run registry (local path or s3://)")
+        command.add_argument("--runs", default=None, help="storage root of the run registry (local path or s3://)" + (
+            "" if name == "estimate" else f"; default {DEFAULT_RUNS}, where no folder means no runs yet"))
         command.add_argument("--endpoint-url", help="S3 endpoint override")
         if name == "estimate":
             command.add_argument("--spot", action="store_true", help="node-hours of the spot plan (with redone work)")
@@ -66,7 +67,14 @@ def main(argv=None) -> int:
                             "folder or s3://bucket/prefix)")
         if args.command == "memo" and not Path(args.out).resolve().parent.is_dir():
             raise CostError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist")
-        storage = open_storage(args.runs, endpoint_url=args.endpoint_url) if args.runs else None
+        root, no_runs = args.runs, None
+        if root is None and args.command != "estimate":
+            if Path(DEFAULT_RUNS).is_dir():
+                root = DEFAULT_RUNS
+            else:  # before the first run: a registry with no runs, not an error
+                no_runs = (f"No runs found under {DEFAULT_RUNS} (the default --runs; no such folder yet). Name a run "
+                           "registry with --runs PATH or --runs s3://bucket/prefix.")
+        storage = open_storage(root, endpoint_url=args.endpoint_url) if root else None
         runs = _runs_reader(storage) if storage else None
         result = estimate(plan, cluster, catalog, runs)
         if args.command == "estimate":
@@ -79,16 +87,17 @@ def main(argv=None) -> int:
             return 0
         from .report import by_cycle, format_actuals, format_cycles, run_actuals
 
-        actuals = run_actuals(storage, catalog, cluster)
+        actuals = run_actuals(storage, catalog, cluster) if storage else []
         if args.command == "report":
-            print(f"runs under {storage.uri}:")
+            print(no_runs or f"runs under {storage.uri}:")
             print(format_actuals(actuals))
             print(f"\nper cycle of plan {plan.name}:")
             print(format_cycles(by_cycle(plan, result, actuals)))
             return 0
         from .memo import write_memo
 
-        Path(args.out).write_text(write_memo(plan, args.plan, cluster, catalog, actuals, runs, catalog_source))
+        Path(args.out).write_text(write_memo(plan, args.plan, cluster, catalog, actuals, runs, catalog_source,
+                                             registry_note=no_runs))
         print(f"wrote {args.out}")
         return 0
     except (CostError, FileNotFoundError) as err:

@@ -30,7 +30,9 @@ def _grid(title: str, plan, cluster, catalog, runs, columns, axis, label) -> lis
 
 
 def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | None, runs=None,
-               catalog_source: Path | None = None) -> str:
+               catalog_source: Path | None = None, registry_note: str | None = None) -> str:
+    """The memo's Markdown. `actuals`: report.run_actuals rows ([] for a registry with no runs, None for no
+    registry); `registry_note`: a line about the registry to show above them (where it was looked for)."""
     result = estimate(plan, cluster, catalog, runs)
     totals = result["totals"]
     lines = [f"# Multi-cycle Heavy training cost memo: {plan.name}", "", f"**{bottom_line(result)}**", "",
@@ -55,10 +57,12 @@ def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | Non
     lines.append(f"| **total** | {totals['node_hours_spot']:.1f} | {totals['gpu_hours']:.1f} | "
                  f"**{totals['usd_on_demand']:,.0f}** | **{totals['usd_spot']:,.0f}** |")
     lines += ["", "## Actuals so far", ""]
+    if registry_note:
+        lines += [registry_note, ""]
     if actuals is None:
         lines.append("No run registry given (`--runs STORAGE`), so no actuals.")
     elif not actuals:
-        lines.append("The run registry has no started runs yet.")
+        lines.append("No started runs: $0.00 spent so far.")
     else:
         spent = sum(a["usd"] for a in actuals)
         lines += [f"{len(actuals)} runs, {sum(a['hours'] for a in actuals):.2f} run-hours, ${spent:,.2f} spent.", "",
@@ -68,6 +72,7 @@ def write_memo(plan, plan_path: str, cluster, catalog, actuals: list[dict] | Non
             unpriced = f" (no price: {', '.join(a['unpriced_node_types'])})" if a["unpriced_node_types"] else ""
             lines.append(f"| {a['run']} | {a['status']} | {a['hours']:.3f} | {types}{unpriced} | "
                          f"{a['usd_per_hour']:.3f} | {a['usd']:.2f} |")
+    if actuals is not None:
         lines += ["", "## Variance", "", "| cycle | runs | estimate $ | actual $ | variance $ | spent / estimate |",
                   "|---|---|---|---|---|---|"]
         for row in by_cycle(plan, result, actuals):

@@ -46,7 +46,8 @@ def run_actuals(storage: Storage, catalog: dict, cluster: dict, now: datetime | 
 
 
 def by_cycle(plan, estimate: dict, actuals: list[dict]) -> list[dict]:
-    """Estimate beside actual spend per plan cycle (runs listed in the cycle's `runs`), plus the rest."""
+    """Estimate beside actual spend per plan cycle (runs listed in the cycle's `runs`), plus a row for the runs in
+    no cycle where there are any."""
     rows, claimed = [], set()
     estimates = {row["name"]: row for row in estimate["rows"]}
     for cycle in plan.cycles:
@@ -58,9 +59,10 @@ def by_cycle(plan, estimate: dict, actuals: list[dict]) -> list[dict]:
         rows.append({"cycle": cycle.name, "runs": len(mine), "estimate_usd": planned, "actual_usd": actual,
                      "variance_usd": actual - planned, "done_fraction": actual / planned if planned else 0.0})
     rest = [a for a in actuals if a["run"] not in claimed]
-    rows.append({"cycle": "(runs in no cycle)", "runs": len(rest), "estimate_usd": 0.0,
-                 "actual_usd": sum(a["usd"] for a in rest), "variance_usd": sum(a["usd"] for a in rest),
-                 "done_fraction": 0.0})
+    if rest:
+        rows.append({"cycle": "(runs in no cycle)", "runs": len(rest), "estimate_usd": 0.0,
+                     "actual_usd": sum(a["usd"] for a in rest), "variance_usd": sum(a["usd"] for a in rest),
+                     "done_fraction": 0.0})
     return rows
 
 
@@ -74,7 +76,7 @@ def format_actuals(actuals: list[dict]) -> str:
         lines.append(f"{row['run']:{run_w}s} {str(row['status']):14s} {row['hours']:>8.3f} {text:{type_w}s} "
                      f"{row['usd_per_hour']:>9.3f} {row['usd']:>10.2f}{note}")
     if not actuals:
-        lines.append("(no started runs in this registry)")
+        lines.append("(no started runs: $0.00 spent)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Cost module: estimate arithmetic against hand-computed values, bad plans, report on a real smoke
 run's record, and the memo written and parsed back."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,39 @@ def test_cli_errors_and_checkpoint_warning(files, tmp_path, capsys):
     assert main([*common, "memo", "--plan", str(files / "plan.yaml"), "--runs", str(tmp_path),
                  "--out", str(tmp_path / "missing" / "memo.md")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_memo_and_report_before_the_first_run(tmp_path, monkeypatch, capsys):
+    """The memo's first use: no run yet, so no ./oss-runs. With the default --runs the registry is empty (every
+    cycle of the default plan not started, $0 spent, one line naming where it looked and how to name another), and
+    nothing is created; the same path typed as --runs is still an error naming the flag as typed."""
+    from oss_cluster.cost.__main__ import DEFAULT_PLAN
+
+    monkeypatch.chdir(tmp_path)
+    cycles = [cycle["name"] for cycle in yaml.safe_load(DEFAULT_PLAN.read_text())["cycles"]]
+    assert main(["memo", "--out", "memo.md"]) == 0
+    text = (tmp_path / "memo.md").read_text()
+    assert text.startswith("# Multi-cycle Heavy training cost memo") and "**Bottom line: $" in text
+    notes = [line for line in text.splitlines() if line.startswith("No runs found under ./oss-runs")]
+    assert len(notes) == 1 and "--runs PATH or --runs s3://bucket/prefix" in notes[0]
+    assert "No started runs: $0.00 spent so far." in text
+    for cycle in cycles:
+        assert f"| {cycle} | 0 |" in text and text.split(f"| {cycle} | 0 |")[1].split("\n")[0].endswith(
+            "| - | not started | - |")
+    assert "(runs in no cycle)" not in text
+    capsys.readouterr()
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("No runs found under ./oss-runs") and "$0.00 spent" in out
+    assert all(re.search(rf"^{cycle} +0 .* - +not started", out, re.M) for cycle in cycles)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["memo.md"]  # no ./oss-runs made
+
+    assert main(["memo", "--runs", "./oss-runs", "--out", "typed.md"]) == 2
+    assert "--runs ./oss-runs: no such folder" in capsys.readouterr().err and not (tmp_path / "typed.md").exists()
+    (tmp_path / "oss-runs").mkdir()  # once the folder is there, the default is read as a registry
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("runs under ") and "No runs found" not in out
 
 
 def test_report_and_memo_from_a_real_smoke_run(files, tmp_path, ray_local, monkeypatch, capsys):
