@@ -72,9 +72,9 @@ def main() -> None:
                                f"train.eval_every={args.steps}", f"train.checkpoint_every={args.steps}"])
     model, _ = train_local(cfg, final_eval=False, log=lambda line: None)
     model.eval()
-    calibration = calibration_windows(cfg)
-    onnx = onnx_bytes(model, frame_steps(model, calibration[0], cfg.data.ratio)[0])
-    feeds = calibration_feeds([step for window in calibration for step in frame_steps(model, window, cfg.data.ratio)])
+    calibration = [step for window in calibration_windows(cfg) for step in frame_steps(model, window, cfg.data.ratio)]
+    onnx = onnx_bytes(model, calibration[0])
+    feeds = calibration_feeds(calibration)
     models = {variant: quantize_int8(onnx, feeds, variant) for variant in INT8_VARIANTS}
     steady = [step for window in heldout_sequences(cfg, frames=16, count=args.sequences)
               for k, step in enumerate(frame_steps(model, window_tensors(window), cfg.data.ratio)) if k >= STEADY_FROM]

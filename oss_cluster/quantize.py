@@ -116,30 +116,26 @@ def calibration_feeds(steps) -> list[dict[str, np.ndarray]]:
     return [{name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, step)} for step in steps]
 
 
-def _variants():
-    from onnxruntime.quantization import QuantType
-
-    u8, s8 = QuantType.QUInt8, QuantType.QInt8
-    return {  # name: quantize_static's arguments
-        "u8s8-7bit": dict(activation_type=u8, weight_type=s8, reduce_range=True),  # INT8_FORMAT, what export writes
-        "u8s8-8bit": dict(activation_type=u8, weight_type=s8),  # the format before: saturates without VNNI
-        "s8s8-symmetric": dict(activation_type=s8, weight_type=s8, extra_options={"ActivationSymmetric": True}),
-        "u8u8": dict(activation_type=u8, weight_type=u8),
-    }
-
-
-INT8_VARIANT = "u8s8-7bit"
-INT8_VARIANTS = ("u8s8-7bit", "u8s8-8bit", "s8s8-symmetric", "u8u8")  # bench_int8_formats compares them
+# name: quantize_static's arguments, types by QuantType name. The first is INT8_FORMAT, what export writes; the
+# others are there to be compared with it (benchmarks/bench_int8_formats.py), not shipped.
+_VARIANTS = {
+    "u8s8-7bit": dict(activation_type="QUInt8", weight_type="QInt8", reduce_range=True),
+    "u8s8-8bit": dict(activation_type="QUInt8", weight_type="QInt8"),  # the format before: saturates without VNNI
+    "s8s8-symmetric": dict(activation_type="QInt8", weight_type="QInt8", extra_options={"ActivationSymmetric": True}),
+    "u8u8": dict(activation_type="QUInt8", weight_type="QUInt8"),
+}
+INT8_VARIANTS = tuple(_VARIANTS)
+INT8_VARIANT = INT8_VARIANTS[0]
 
 
 def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]], variant: str = INT8_VARIANT) -> bytes:
     """A QDQ INT8 model of `onnx`, its activation ranges taken from `calibration` (one input dict per step), in
     INT8_FORMAT (`variant` u8s8-7bit; the other INT8_VARIANTS are for comparing formats, not for shipping)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    variants = _variants()
-    if variant not in variants:
-        raise ValueError(f"INT8 variant {variant!r}: one of {', '.join(variants)}")
+    if variant not in _VARIANTS:
+        raise ValueError(f"INT8 variant {variant!r}: one of {', '.join(INT8_VARIANTS)}")
+    arguments = {key: QuantType[value] if key.endswith("_type") else value for key, value in _VARIANTS[variant].items()}
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -156,7 +152,7 @@ def quantize_int8(onnx: bytes, calibration: list[dict[str, np.ndarray]], variant
         source.write_bytes(onnx)
         try:
             quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            op_types_to_quantize=QUANTIZED_OPS, **variants[variant])
+                            op_types_to_quantize=QUANTIZED_OPS, **arguments)
         finally:
             root.setLevel(level)
         quantized = target.read_bytes()
@@ -212,19 +208,14 @@ _EMULATED_RUN = """
 import json, pathlib, sys
 import numpy as np, onnxruntime as ort
 from oss_cluster.quantize import cpu_int8_features
-folder = pathlib.Path(sys.argv[1])
+folder, feeds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
-with np.load(folder / "feeds.npz") as saved:
-    feeds = {key: saved[key] for key in saved.files}
-steps = sorted({int(key.split("/")[0]) for key in feeds})
-for model in sorted(folder.glob("*.onnx")):
+for model in sorted(folder.glob("model*.onnx")):
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    outputs = {}
-    for i in steps:
-        feed = {key.split("/", 1)[1]: value for key, value in feeds.items() if key.split("/")[0] == str(i)}
-        outputs.update({f"{i}/{j}": out for j, out in enumerate(session.run(None, feed))})
-    np.savez(model.with_suffix(".outputs.npz"), **outputs)
+    for i in range(feeds):
+        with np.load(folder / f"feed{i}.npz") as feed:
+            np.savez(folder / f"{model.stem}.out{i}.npz", *session.run(None, dict(feed)))
 (folder / "cpu.json").write_text(json.dumps(cpu_int8_features()))
 """
 
@@ -259,20 +250,19 @@ def run_on_emulated_cpu(models: dict[str, bytes], feeds: list[dict[str, np.ndarr
         files = {name: Path(folder, f"model{index}.onnx") for index, name in enumerate(models)}
         for name, path in files.items():
             path.write_bytes(models[name])
-        np.savez(Path(folder, "feeds.npz"), **{f"{i}/{name}": value for i, feed in enumerate(feeds)
-                                               for name, value in feed.items()})
-        done = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", _EMULATED_RUN, folder],
-                              capture_output=True, text=True, timeout=timeout_s)
+        for i, feed in enumerate(feeds):
+            np.savez(Path(folder, f"feed{i}.npz"), **feed)
+        done = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", _EMULATED_RUN, folder,
+                               str(len(feeds))], capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"ONNX Runtime on the emulated {cpu} CPU failed (exit {done.returncode}): "
                                f"{done.stderr.strip()[-2000:]}")
         outputs = {}
         for name, path in files.items():
-            with np.load(path.with_suffix(".outputs.npz")) as saved:
-                steps: list[list[np.ndarray]] = [[] for _ in feeds]
-                for key in sorted(saved.files, key=lambda k: tuple(int(part) for part in k.split("/"))):
-                    steps[int(key.split("/")[0])].append(saved[key])
-            outputs[name] = steps
+            outputs[name] = []
+            for i in range(len(feeds)):
+                with np.load(Path(folder, f"{path.stem}.out{i}.npz")) as saved:  # arr_0, arr_1, ...: in order
+                    outputs[name].append([saved[f"arr_{j}"] for j in range(len(saved.files))])
         features = json.loads(Path(folder, "cpu.json").read_text())
     features["cpu"] = f"qemu's {cpu} model, emulated on {features['cpu']}"  # /proc/cpuinfo shows the host's
     return outputs, features

@@ -139,11 +139,10 @@ def test_the_int8_export_computes_the_same_numbers_on_a_cpu_without_vnni(steerin
 
 
 def _adversarial_conv(variant: str):
-    """(fp32 ONNX, INT8 ONNX in `variant`, the input [1, 8, 12, 12] on uint8's grid): one 3x3 convolution whose
-    weights are all positive and large and whose inputs sit near the top of their range, so that every pair of
-    u8 x s8 products with 8-bit weights overflows int16 (about 2 x 200 x 95 > 32767)."""
+    """(INT8 ONNX in `variant`, the input [1, 8, 12, 12] on uint8's grid): one 3x3 convolution whose weights are all
+    positive and large and whose inputs sit near the top of their range, so that with 8-bit weights most pairs of
+    u8 x s8 products overflow int16 (about 2 x 200 x 95 > 32767)."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from oss_cluster.quantize import quantize_int8
@@ -158,17 +157,15 @@ def _adversarial_conv(variant: str):
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     fp32.ir_version = 8
-    fp32 = fp32.SerializeToString()
     x = (rng.integers(150, 256, (1, 8, 12, 12)) / 255).astype(np.float32)
     extremes = np.zeros_like(x)
     extremes[..., ::2] = 1.0  # the calibrated input range is exactly [0, 1]: scale 1/255, zero point 0
-    return fp32, quantize_int8(fp32, [{"x": x}, {"x": extremes}], variant), x
+    return quantize_int8(fp32.SerializeToString(), [{"x": x}, {"x": extremes}], variant), x
 
 
-def _integer_reference(int8: bytes, x):
-    """The QDQ convolution computed exactly in integers (numpy, int64): (output codes [1, 4, H, W], output scale,
-    output zero point). Quantization rounds half to even (QuantizeLinear); only the final requantization, one
-    float multiply per output, is not integer arithmetic."""
+def _qdq_conv(int8: bytes) -> dict:
+    """The quantization parameters of the single QDQ convolution `_adversarial_conv` writes: x_scale, x_zero, w_q
+    (int64 [4, 8, 3, 3]), w_scale ([4]), b_q (int64 [4], in units of x_scale x w_scale), y_scale, y_zero."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -176,31 +173,46 @@ def _integer_reference(int8: bytes, x):
     graph = onnx.load_from_string(int8).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     quantize = {node.input[0]: node.input[1:] for node in graph.node if node.op_type == "QuantizeLinear"}
-    dequantize = {constants[node.input[0]].dtype: node.input[1:] for node in graph.node
-                  if node.op_type == "DequantizeLinear" and node.input[0] in constants}
-    x_scale, x_zero = (constants[name] for name in quantize["x"])
+    weight_dq = next(node for node in graph.node if node.op_type == "DequantizeLinear"
+                     and constants.get(node.input[0], np.empty(0)).dtype == np.int8)
     (y_name,) = [name for name in quantize if name != "x"]
+    x_scale, x_zero = (constants[name] for name in quantize["x"])
     y_scale, y_zero = (constants[name] for name in quantize[y_name])
-    w_q = next(v for v in constants.values() if v.dtype == np.int8 and v.ndim == 4).astype(np.int64)
-    w_scale = constants[dequantize[np.dtype(np.int8)][0]]
-    b_q = next(v for v in constants.values() if v.dtype == np.int32 and v.ndim == 1).astype(np.int64)
-    x_q = np.clip(np.rint(x / x_scale) + x_zero, 0, 255).astype(np.int64) - int(x_zero)
-    padded = np.pad(x_q, ((0, 0), (0, 0), (1, 1), (1, 1)))  # padding is the zero point: 0 after subtracting it
-    h, w = x.shape[-2:]
-    acc = np.zeros((1, w_q.shape[0], h, w), np.int64)
-    for dy in range(3):
-        for dx in range(3):
-            acc += np.einsum("nchw,oc->nohw", padded[:, :, dy:dy + h, dx:dx + w], w_q[:, :, dy, dx])
-    acc += b_q[None, :, None, None]
-    multiplier = (np.float64(x_scale) * w_scale.astype(np.float64) / np.float64(y_scale))[None, :, None, None]
-    y_q = np.clip(np.rint(acc * multiplier) + y_zero, 0, 255).astype(np.int64)
-    return y_q, float(y_scale), int(y_zero), w_q, x_q + int(x_zero)
+    bias = next(v for v in constants.values() if v.dtype == np.int32 and v.ndim == 1)
+    return {"x_scale": x_scale, "x_zero": int(x_zero), "w_q": constants[weight_dq.input[0]].astype(np.int64),
+            "w_scale": constants[weight_dq.input[1]], "b_q": bias.astype(np.int64), "y_scale": float(y_scale),
+            "y_zero": int(y_zero)}
 
 
-def _codes(output, scale, zero):
+def _input_codes(q: dict, x):
+    """x as QuantizeLinear codes: rounded half to even, saturated to uint8, int64."""
     import numpy as np
 
-    return np.rint(output / scale + zero).astype(np.int64)
+    return np.clip(np.rint(x / q["x_scale"]) + q["x_zero"], 0, 255).astype(np.int64)
+
+
+def _integer_reference(q: dict, x):
+    """The QDQ convolution `q` (_qdq_conv) computed exactly in integers (numpy, int64): output codes [1, 4, H, W].
+    Only the final requantization, one float multiply per output, is not integer arithmetic."""
+    import numpy as np
+
+    x_q = _input_codes(q, x) - q["x_zero"]
+    padded = np.pad(x_q, ((0, 0), (0, 0), (1, 1), (1, 1)))  # padding is the zero point: 0 after subtracting it
+    h, w = x.shape[-2:]
+    acc = np.zeros((1, q["w_q"].shape[0], h, w), np.int64)
+    for dy in range(3):
+        for dx in range(3):
+            acc += np.einsum("nchw,oc->nohw", padded[:, :, dy:dy + h, dx:dx + w], q["w_q"][:, :, dy, dx])
+    acc += q["b_q"][None, :, None, None]
+    multiplier = (np.float64(q["x_scale"]) * q["w_scale"].astype(np.float64) / q["y_scale"])[None, :, None, None]
+    return np.clip(np.rint(acc * multiplier) + q["y_zero"], 0, 255).astype(np.int64)
+
+
+def _code_error(q: dict, output, x):
+    """|ONNX Runtime's output codes - the exact integer reference's|, [1, 4, H, W]."""
+    import numpy as np
+
+    return np.abs(np.rint(output / q["y_scale"] + q["y_zero"]).astype(np.int64) - _integer_reference(q, x))
 
 
 # The stated bound against the exact integer reference: every output code within 1 (the requantization's float
@@ -217,16 +229,15 @@ def test_the_int8_convolution_is_the_exact_integer_convolution_on_this_cpu():
 
     from oss_cluster.quantize import WEIGHT_LEVELS
 
-    _, int8, x = _adversarial_conv("u8s8-7bit")
-    reference, scale, zero, w_q, x_q = _integer_reference(int8, x)
-    assert np.abs(w_q).max() == WEIGHT_LEVELS[1] and 2 * 255 * WEIGHT_LEVELS[1] <= np.iinfo(np.int16).max
+    int8, x = _adversarial_conv("u8s8-7bit")
+    q = _qdq_conv(int8)
+    assert np.abs(q["w_q"]).max() == WEIGHT_LEVELS[1] and 2 * 255 * WEIGHT_LEVELS[1] <= np.iinfo(np.int16).max
     session = ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
-    error = np.abs(_codes(session.run(None, {"x": x})[0], scale, zero) - reference)
+    error = _code_error(q, session.run(None, {"x": x})[0], x)
     assert error.max() <= MAX_CODE_ERROR and (error == 0).mean() >= MIN_EXACT
     # The inputs have teeth: with 8-bit weights, most sums of two adjacent channels' products (the centre tap's,
     # [out, in / 2, H, W]) overflow int16, which is what VPMADDUBSW saturates.
-    _, int8_8bit, _ = _adversarial_conv("u8s8-8bit")
-    w_8bit = _integer_reference(int8_8bit, x)[3][:, :, 1, 1]
+    x_q, w_8bit = _input_codes(q, x), _qdq_conv(_adversarial_conv("u8s8-8bit")[0])["w_q"][:, :, 1, 1]
     pairs = (x_q[:, 0::2] * w_8bit[:, 0::2, None, None] + x_q[:, 1::2] * w_8bit[:, 1::2, None, None])
     assert (pairs > np.iinfo(np.int16).max).mean() > 0.5
 
@@ -235,19 +246,14 @@ def test_on_an_emulated_avx2_cpu_only_the_7bit_format_is_the_exact_integer_convo
     """The same on an emulated AVX2 CPU without VNNI (qemu's Haswell), where ONNX Runtime sums u8 x s8 products in
     saturating 16-bit pairs: the shipped 7-bit format stays within the bound of the exact integers, and 8-bit
     weights (the format before) do not: the saturation is real there and the format avoids it."""
-    import numpy as np
-
     from oss_cluster.quantize import emulated_cpu_unavailable, run_on_emulated_cpu
 
     if emulated_cpu_unavailable():
         pytest.skip(emulated_cpu_unavailable())
-    _, int8, x = _adversarial_conv("u8s8-7bit")
-    _, int8_8bit, _ = _adversarial_conv("u8s8-8bit")
+    (int8, x), (int8_8bit, _) = _adversarial_conv("u8s8-7bit"), _adversarial_conv("u8s8-8bit")
     outputs, cpu = run_on_emulated_cpu({"7bit": int8, "8bit": int8_8bit}, [{"x": x}])
     assert cpu["features"] == ["AVX2"]
-    reference, scale, zero, *_ = _integer_reference(int8, x)
-    error = np.abs(_codes(outputs["7bit"][0][0], scale, zero) - reference)
+    error = _code_error(_qdq_conv(int8), outputs["7bit"][0][0], x)
     assert error.max() <= MAX_CODE_ERROR and (error == 0).mean() >= MIN_EXACT
-    reference, scale, zero, *_ = _integer_reference(int8_8bit, x)
-    error = np.abs(_codes(outputs["8bit"][0][0], scale, zero) - reference)
+    error = _code_error(_qdq_conv(int8_8bit), outputs["8bit"][0][0], x)
     assert error.max() > 10 * MAX_CODE_ERROR and (error == 0).mean() < MIN_EXACT
